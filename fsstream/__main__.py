@@ -1,0 +1,3 @@
+from fsstream.cli import main
+
+main()

@@ -1,0 +1,163 @@
+"""The ``fsstream`` console script."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from fsstream.settings import Settings
+
+
+def _settings(ctx: click.Context, **extra: Any) -> Settings:
+    overrides = {k: v for k, v in {**ctx.obj, **extra}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def _echo_json(obj: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj, default=str) + b"\n")
+    sys.stdout.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--broker", "broker_url", help="Kafka brokers (overrides FSSTREAM_BROKER_URL).")
+@click.option("--warehouse", "warehouse_url", help="file://DIR or s3://BUCKET/PREFIX.")
+@click.pass_context
+def main(ctx: click.Context, broker_url: str | None, warehouse_url: str | None) -> None:
+    """fsstream: ordered, enriched, correctable capture events on Kafka and S3."""
+    ctx.obj = {"broker_url": broker_url, "warehouse_url": warehouse_url}
+
+
+@main.command()
+@click.pass_context
+def config(ctx: click.Context) -> None:
+    """Print the effective settings (secrets masked)."""
+    _echo_json(_settings(ctx).public_view())
+
+
+@main.group()
+def topics() -> None:
+    """Manage the topics of the product contract."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create the raw, definitions, events and DLQ topics (harmless when they exist)."""
+    from fsstream.topics import create_topics
+
+    for spec, status in asyncio.run(create_topics(_settings(ctx))):
+        configs = ",".join(f"{k}={v}" for k, v in spec.configs.items())
+        click.echo(f"{status:8} {spec.name} partitions={spec.partitions} {configs}")
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"), default="-")
+@click.option("--batch-size", default=20, show_default=True, help="Events per raw record.")
+@click.option("--ingested-time", type=int, help="Ingested time in ms for lines without one.")
+@click.pass_context
+def produce(ctx: click.Context, source: Any, batch_size: int, ingested_time: int | None) -> None:
+    """Produce NDJSON events (file or stdin) to the raw topic, batched per view."""
+    from fsstream.produce import NdjsonError, group_batches, now_ms, parse_ndjson, produce_batches
+
+    settings = _settings(ctx)
+    try:
+        events = parse_ndjson(source, ingested_time if ingested_time is not None else now_ms())
+    except NdjsonError as exc:
+        raise click.ClickException(f"nothing produced; malformed input:\n{exc}") from exc
+    records, count = asyncio.run(produce_batches(settings, group_batches(events, batch_size)))
+    click.echo(f"produced {count} events in {records} records to {settings.topic_raw}", err=True)
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--follow", "-f", is_flag=True, help="Keep reading new records.")
+@click.option("--max", "limit", type=int, help="Stop after this many records.")
+@click.pass_context
+def tail(ctx: click.Context, topic: str, follow: bool, limit: int | None) -> None:
+    """Print a topic's records from the beginning as JSON lines, tombstones included.
+
+    TOPIC is a topic name or one of raw, definitions, events, dlq.
+    """
+    from fsstream.tail import describe_record, read_topic
+
+    settings = _settings(ctx)
+    aliases = {
+        "raw": settings.topic_raw,
+        "definitions": settings.topic_definitions,
+        "events": settings.topic_events,
+        "dlq": settings.topic_dlq,
+    }
+
+    async def run() -> None:
+        async for record in read_topic(
+            settings, aliases.get(topic, topic), follow=follow, limit=limit
+        ):
+            _echo_json(describe_record(record))
+
+    try:
+        asyncio.run(run())
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def kafka() -> None:
+    """The local single-node Kafka broker (fetched from Maven Central)."""
+
+
+@kafka.command("fetch")
+def kafka_fetch() -> None:
+    """Fetch the broker's jars into the cache (no-op when present)."""
+    from fsstream.localkafka import fetch_broker
+
+    click.echo(str(fetch_broker()))
+
+
+@kafka.command("start")
+def kafka_start() -> None:
+    """Run a local broker in the foreground until interrupted."""
+    import signal
+
+    from fsstream.localkafka import LocalKafka
+
+    broker = LocalKafka().start()
+    click.echo(f"Kafka ready at {broker.bootstrap} (pid {broker.pid}); Ctrl-C stops it")
+    click.echo(f"export FSSTREAM_BROKER_URL=kafka://{broker.bootstrap}")
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+@main.command()
+@click.option("--sessions", default=200, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True
+)
+@click.pass_context
+def demo(ctx: click.Context, sessions: int, seed: int, workdir: Path) -> None:
+    """Run fsstream end to end on a local broker with generated traffic."""
+    from fsstream.demo import run_demo
+
+    run_demo(ctx.obj, sessions=sessions, seed=seed, workdir=workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Timestamps as integers (µs or ms since the epoch) and their fixed string formats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US_PER_MS = 1_000
+MS_PER_HOUR = 3_600_000
+
+
+def parse_rfc3339_us(text: str) -> int:
+    """µs since the epoch of an RFC 3339 timestamp; ``ValueError`` if it is not one."""
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {text[:40]!r}")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def format_event_time(us: int) -> str:
+    """``yyyy-MM-ddTHH:mm:ss.SSSSSSZ``, the warehouse's event and processed time format."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_definition_time(ms: int) -> str:
+    """``YYYY-MM-DD HH:mm:ss.SSSSSS``, the definition exports' time format."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def hour_floor_ms(ms: int) -> int:
+    """The start of the UTC hour containing ``ms``."""
+    return ms - ms % MS_PER_HOUR
+
+
+def format_partition_hour(ms: int) -> str:
+    """``yyyy-MM-dd HH:00:00`` of the hour containing ``ms``: the warehouse partition value."""
+    return (_EPOCH + timedelta(milliseconds=hour_floor_ms(ms))).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_partition_second(ms: int) -> str:
+    """``yyyy-MM-dd HH:mm:ss``: the definition exports' partition value."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%S")

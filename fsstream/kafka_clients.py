@@ -1,0 +1,40 @@
+"""aiokafka clients configured from settings (brokers, SASL/TLS), for the CLI commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from fsstream.settings import Settings
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent-acks producer with zstd compression."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "compression_type": "zstd",
+        "linger_ms": 5,
+        "max_request_size": max(settings.max_record_bytes * 2, 1_048_576),
+        "client_id": f"{settings.app_id}-cli",
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**settings.kafka_client_options(), **options)
+
+
+def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with no group unless one is given, reading from the earliest offset."""
+    options: dict[str, Any] = {
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "client_id": f"{settings.app_id}-cli",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **settings.kafka_client_options(), **options)
+
+
+def admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        **settings.kafka_client_options(), client_id=f"{settings.app_id}-admin"
+    )

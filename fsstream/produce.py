@@ -1,0 +1,181 @@
+"""NDJSON events in the base event model → ``RawEventBatch`` records on the raw topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fsstream import codec, kafka_clients
+from fsstream.core.models import view_key
+from fsstream.core.timefmt import parse_rfc3339_us
+from fsstream.settings import Settings
+
+VIEW_HEADER = "fs-view"
+
+
+class NdjsonError(ValueError):
+    """Malformed input lines, each named by its line number."""
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        self.problems = problems
+        more = f"\n... and {total - len(problems)} more" if total > len(problems) else ""
+        super().__init__("\n".join(problems) + more)
+
+
+@dataclass(slots=True)
+class ViewBatch:
+    """Raw events of one view that go into one record."""
+
+    key: str
+    ingested_time: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        return codec.encode(
+            codec.RAW_EVENT_BATCH, {"ingested_time": self.ingested_time, "events": self.events}
+        )
+
+
+def _optional_int(obj: dict[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _properties(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return orjson.dumps(value).decode()
+
+
+def _ingested_time(obj: dict[str, Any], default: int) -> int:
+    value = obj.get("ingested_time")
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_rfc3339_us(value) // 1000
+    raise ValueError(f"ingested_time must be ms since the epoch or RFC 3339, got {value!r}")
+
+
+def raw_event(obj: Any, ingested_default: int) -> tuple[str, int, dict[str, Any]]:
+    """(view key, ingested ms, RawEvent record) of one parsed line; ``ValueError`` if invalid."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    device_id = _optional_int(obj, "device_id")
+    if device_id is None:
+        raise ValueError("device_id is missing")
+    session_id = _optional_int(obj, "session_id")
+    view_id = _optional_int(obj, "view_id")
+    event_time = obj.get("event_time")
+    if not isinstance(event_time, str):
+        raise ValueError(f"event_time must be an RFC 3339 string, got {event_time!r}")
+    parse_rfc3339_us(event_time)
+    event_type = obj.get("event_type")
+    if not isinstance(event_type, str) or not event_type:
+        raise ValueError(f"event_type must be a non-empty string, got {event_type!r}")
+    source_type = obj.get("source_type")
+    if not isinstance(source_type, str) or not source_type:
+        raise ValueError(f"source_type must be a non-empty string, got {source_type!r}")
+    record = {
+        "device_id": device_id,
+        "session_id": session_id,
+        "view_id": view_id,
+        "event_time": event_time,
+        "event_type": event_type,
+        "event_properties": _properties(obj, "event_properties"),
+        "source_type": source_type,
+        "source_properties": _properties(obj, "source_properties"),
+    }
+    return view_key(device_id, session_id, view_id), _ingested_time(obj, ingested_default), record
+
+
+def parse_ndjson(
+    lines: Iterable[bytes | str], ingested_time: int, max_problems: int = 20
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """Parse every line; raise ``NdjsonError`` naming each malformed line."""
+    parsed: list[tuple[str, int, dict[str, Any]]] = []
+    problems: list[str] = []
+    total = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            total += 1
+            if len(problems) < max_problems:
+                problems.append(f"line {number}: invalid JSON ({exc})")
+            continue
+        try:
+            parsed.append(raw_event(obj, ingested_time))
+        except ValueError as exc:
+            total += 1
+            if len(problems) < max_problems:
+                problems.append(f"line {number}: {exc}")
+    if problems:
+        raise NdjsonError(problems, total)
+    return parsed
+
+
+def group_batches(
+    events: Iterable[tuple[str, int, dict[str, Any]]], batch_size: int
+) -> Iterator[ViewBatch]:
+    """Consecutive events of a view with one ingested time, ``batch_size`` per record.
+
+    A view's batches come out in input order.
+    """
+    open_batches: dict[str, ViewBatch] = {}
+    for key, ingested, record in events:
+        batch = open_batches.get(key)
+        if batch is not None and batch.ingested_time != ingested:
+            yield open_batches.pop(key)
+            batch = None
+        if batch is None:
+            batch = open_batches[key] = ViewBatch(key, ingested)
+        batch.events.append(record)
+        if len(batch.events) >= batch_size:
+            yield open_batches.pop(key)
+    yield from open_batches.values()
+
+
+async def produce_batches(settings: Settings, batches: Iterable[ViewBatch]) -> tuple[int, int]:
+    """Send the batches keyed by view, timestamped with their ingested time.
+
+    Returns (records, events) once every record is acknowledged.
+    """
+    producer = kafka_clients.producer(settings)
+    await producer.start()
+    records = events = 0
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        for batch in batches:
+            pending.append(
+                await producer.send(
+                    settings.topic_raw,
+                    batch.encode(),
+                    key=batch.key.encode(),
+                    timestamp_ms=batch.ingested_time,
+                    headers=[(VIEW_HEADER, batch.key.encode())],
+                )
+            )
+            records += 1
+            events += len(batch.events)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return records, events
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

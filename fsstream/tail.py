@@ -1,0 +1,69 @@
+"""Read a topic from the beginning and turn each record into a JSON-ready dict."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from fsstream import codec, kafka_clients
+from fsstream.settings import Settings
+
+
+def describe_record(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A record with its value decoded; a null value stays null (a tombstone)."""
+    out: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": record.key.decode(errors="replace") if record.key is not None else None,
+        "headers": {name: value.decode(errors="replace") for name, value in record.headers},
+        "value": None,
+    }
+    if record.value is not None:
+        try:
+            out["schema"] = codec.schema_of(record.value).name
+            out["value"] = codec.decode(record.value)
+        except codec.CodecError as exc:
+            out["error"] = str(exc)
+            out["raw"] = base64.b64encode(record.value).decode()
+    return out
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, follow: bool = False, limit: int | None = None
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic``; without ``follow``, stop at the end offsets seen at start."""
+    consumer = kafka_clients.consumer(settings)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # topic may be new to this client
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise LookupError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        seen = 0
+        while follow or remaining:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    yield record
+                    seen += 1
+                    if limit is not None and seen >= limit:
+                        return
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()

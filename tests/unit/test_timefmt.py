@@ -1,0 +1,34 @@
+import pytest
+
+from fsstream.core import timefmt
+
+
+@pytest.mark.parametrize(
+    ("text", "us"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("2024-01-01T00:00:00.123Z", 1704067200123000),
+        ("2024-01-01T00:00:00.123456Z", 1704067200123456),
+        ("2024-01-01T01:00:00.5+01:00", 1704067200500000),
+        ("2006-01-02T15:04:05.000000Z", 1136214245000000),
+    ],
+)
+def test_parse(text: str, us: int) -> None:
+    assert timefmt.parse_rfc3339_us(text) == us
+
+
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2024-01-01", "2024-01-01T00:00:00", "2024-13-01T00:00:00Z"]
+)
+def test_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        timefmt.parse_rfc3339_us(text)
+
+
+def test_formats() -> None:
+    us = 1704067200123456
+    assert timefmt.format_event_time(us) == "2024-01-01T00:00:00.123456Z"
+    assert timefmt.format_definition_time(us // 1000) == "2024-01-01 00:00:00.123000"
+    assert timefmt.format_partition_hour(us // 1000 + 3_599_000) == "2024-01-01 00:00:00"
+    assert timefmt.format_partition_hour(us // 1000 + 3_600_000) == "2024-01-01 01:00:00"
+    assert timefmt.format_partition_second(us // 1000) == "2024-01-01 00:00:00"
