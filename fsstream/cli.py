@@ -40,6 +40,22 @@ def config(ctx: click.Context) -> None:
     _echo_json(_settings(ctx).public_view())
 
 
+@main.command()
+@click.argument("role", type=click.Choice(["reorder", "sink"]))
+@click.option("--web-port", type=int, help="Overrides FSSTREAM_WEB_PORT.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides FSSTREAM_DATA_DIR.")
+@click.pass_context
+def worker(ctx: click.Context, role: str, web_port: int | None, data_dir: Path | None) -> None:
+    """Run a faust worker of one role: reorder (raw → events) or sink (events → warehouse)."""
+    import faust
+
+    from fsstream.app import create_app
+
+    settings = _settings(ctx, web_port=web_port, data_dir=data_dir)
+    app = create_app(settings, role)  # type: ignore[arg-type]
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
 @main.group()
 def topics() -> None:
     """Manage the topics of the product contract."""

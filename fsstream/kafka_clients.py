@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -32,6 +33,17 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaCons
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **settings.kafka_client_options(), **options)
+
+
+async def start(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """Start a consumer so that stopping it right away is safe.
+
+    aiokafka's group-less coordinator starts a task that, cancelled before its first
+    step, makes ``stop()`` raise CancelledError; one loop iteration lets it begin.
+    """
+    await consumer.start()
+    await asyncio.sleep(0)
+    return consumer
 
 
 def admin(settings: Settings) -> AIOKafkaAdminClient:

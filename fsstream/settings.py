@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     )
     sink_flush_interval_s: float = Field(60.0, gt=0)
     seal_check_interval_s: float = Field(30.0, gt=0)
-    view_cache_size: int = Field(50_000, gt=0)
+    view_cache_size: int = Field(50_000, gt=0, description="View states kept decoded in memory.")
+    raw_cache_bytes: int = Field(
+        128 * 1024 * 1024, gt=0, description="Recent raw records kept for building rows."
+    )
 
     # Process.
     data_dir: Path = Path("./fsstream-data")
@@ -78,7 +81,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     standby_replicas: int = Field(0, ge=0)
     static_member_id: str | None = Field(
-        None, description="group.instance.id for static membership."
+        None, description="group.instance.id: a restarted worker keeps its partitions."
+    )
+    session_timeout_s: float = Field(
+        30.0, gt=0, description="How long a silent worker keeps its partitions."
     )
 
     @field_validator("broker_url")

@@ -37,8 +37,7 @@ async def read_topic(
     settings: Settings, topic: str, *, follow: bool = False, limit: int | None = None
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic``; without ``follow``, stop at the end offsets seen at start."""
-    consumer = kafka_clients.consumer(settings)
-    await consumer.start()
+    consumer = await kafka_clients.start(kafka_clients.consumer(settings))
     try:
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:

@@ -11,9 +11,9 @@ import orjson
 from aiokafka import TopicPartition
 
 from fsstream import codec, kafka_clients
+from fsstream.processes import settings_env
 from fsstream.settings import Settings
 from fsstream.topics import create_topics, describe_topic_configs
-from tests.helpers import settings_env
 
 
 def run_cli(
@@ -99,8 +99,7 @@ async def test_produce_groups_per_view_and_every_field_arrives(
     assert result.returncode == 0, result.stderr.decode()
     assert "produced 45 events" in result.stderr.decode()
 
-    consumer = kafka_clients.consumer(settings, settings.topic_raw)
-    await consumer.start()
+    consumer = await kafka_clients.start(kafka_clients.consumer(settings, settings.topic_raw))
     received: list[dict] = []
     records = 0
     try:
@@ -172,8 +171,7 @@ async def test_produce_refuses_malformed_input_and_sends_nothing(
     result = run_cli(settings, "produce", "-", stdin=good + b"\n{broken\n" + good + b"\n")
     assert result.returncode != 0
     assert "line 2: invalid JSON" in result.stderr.decode()
-    consumer = kafka_clients.consumer(settings)
-    await consumer.start()
+    consumer = await kafka_clients.start(kafka_clients.consumer(settings))
     try:
         tps = [TopicPartition(settings.topic_raw, p) for p in range(settings.raw_partitions)]
         ends = await consumer.end_offsets(tps)

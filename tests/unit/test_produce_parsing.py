@@ -23,8 +23,7 @@ def line(**changes: object) -> bytes:
 
 def test_parses_and_groups_per_view_in_input_order() -> None:
     lines = [
-        line(event_time=f"2024-01-01T00:00:0{i}.000Z", view_id=3 if i % 2 else 4)
-        for i in range(7)
+        line(event_time=f"2024-01-01T00:00:0{i}.000Z", view_id=3 if i % 2 else 4) for i in range(7)
     ]
     events = parse_ndjson(lines, ingested_time=1000)
     batches = list(group_batches(events, batch_size=2))

@@ -1,0 +1,1 @@
+"""faust agents: thin loops that decode, call the core and publish."""

@@ -1,0 +1,142 @@
+"""The content of raw events, by (partition, offset): the raw topic is its log.
+
+View state keeps only where each event came from. A row is built from the decoded
+record, kept in a bounded cache while it is recent; a row that has to be published
+again later (a superseded row, or a held event after a restart) is read back from
+the raw topic itself, so state writes never copy event content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from fsstream import codec, kafka_clients
+from fsstream.core.raw import Limits, RawEvent, check_batch
+from fsstream.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A checked raw record: its Kafka timestamp, batch ingested time and events."""
+
+    timestamp_ms: int
+    ingested_ms: int
+    events: list[RawEvent]
+    size: int
+
+
+LoggedRecord = tuple[int, bytes, bytes | None]
+"""(timestamp ms, value, key) of a raw record."""
+
+
+class RawLog(Protocol):
+    """Random access to raw records by partition and offset."""
+
+    async def read(self, partition: int, offsets: list[int]) -> dict[int, LoggedRecord]:
+        """(timestamp ms, value, key) of each offset that still exists."""
+        ...
+
+
+class KafkaRawLog:
+    """Reads raw records back from the raw topic with a group-less consumer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic_raw
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._assigned: set[TopicPartition] = set()
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            self._consumer = await kafka_clients.start(
+                kafka_clients.consumer(
+                    self.settings, client_id=f"{self.settings.app_id}-raw-reader"
+                )
+            )
+        return self._consumer
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def read(self, partition: int, offsets: list[int]) -> dict[int, LoggedRecord]:
+        tp = TopicPartition(self.topic, partition)
+        found: dict[int, LoggedRecord] = {}
+        async with self._lock:
+            consumer = await self._started()
+            if tp not in self._assigned:
+                self._assigned.add(tp)
+                consumer.assign(sorted(self._assigned))
+            wanted = sorted(set(offsets))
+            for offset in wanted:
+                if offset in found:
+                    continue
+                consumer.seek(tp, offset)
+                for _ in range(50):
+                    batch = await consumer.getmany(tp, timeout_ms=2_000, max_records=500)
+                    records = batch.get(tp, [])
+                    for record in records:
+                        if record.offset in wanted and record.value is not None:
+                            found[record.offset] = (record.timestamp, record.value, record.key)
+                    if offset in found or (records and records[-1].offset >= offset):
+                        break
+        return found
+
+
+class RawContent:
+    """Recent raw records in memory, older ones re-read from the raw log."""
+
+    def __init__(self, log: RawLog, limits: Limits, max_bytes: int) -> None:
+        self.log = log
+        self.limits = limits
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._cache: OrderedDict[tuple[int, int], RawRecord] = OrderedDict()
+        self.misses = 0
+
+    def put(self, partition: int, offset: int, record: RawRecord) -> None:
+        key = (partition, offset)
+        if key in self._cache:
+            return
+        self._cache[key] = record
+        self._bytes += record.size
+        while self._bytes > self.max_bytes and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._bytes -= evicted.size
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [k for k in self._cache if k[0] == partition]:
+            self._bytes -= self._cache.pop(key).size
+
+    async def get(self, partition: int, offsets: Iterable[int]) -> dict[int, RawRecord]:
+        """The records at ``offsets``; ``KeyError`` names any the raw topic no longer has."""
+        out: dict[int, RawRecord] = {}
+        missing: list[int] = []
+        for offset in offsets:
+            record = self._cache.get((partition, offset))
+            if record is None:
+                missing.append(offset)
+            else:
+                out[offset] = record
+        if missing:
+            self.misses += len(missing)
+            fetched = await self.log.read(partition, missing)
+            for offset in missing:
+                if offset not in fetched:
+                    raise KeyError(f"raw record {partition}/{offset} is gone from the raw topic")
+                timestamp, value, key = fetched[offset]
+                batch = codec.decode(value, expected=codec.RAW_EVENT_BATCH)
+                record_key = key.decode() if key else None
+                _, events = check_batch(batch, record_key, timestamp, self.limits)
+                record = RawRecord(timestamp, batch["ingested_time"], events, len(value))
+                self.put(partition, offset, record)
+                out[offset] = record
+        return out

@@ -1,0 +1,339 @@
+"""Per-view ordering of raw events, with corrections for rows a late event supersedes.
+
+A view's events are ordered by ``(event_time, fingerprint)``. An arriving event is held
+for the reorder grace, measured in *stream time* (the largest record timestamp seen on
+the partition), then released with an id that hashes its predecessor in view order.
+When a late event lands before rows already released, the rows whose predecessor
+changed are superseded: a tombstone for the old id, then the row again under its new
+id. The released ids therefore depend only on the set of events, never on their
+arrival order. Identify events keep their id whatever lands before them.
+
+The state of one Kafka partition's views lives behind ``ViewStore``; this module never
+does I/O and never reads a clock: stream time comes in with every call.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from fsstream.core.ids import detached_event_id, event_id, identify_event_id
+
+IDENTIFY = 1
+"""Entry flag: the event is an identify event."""
+
+# Entry layout (tuples sort by event time, then fingerprint):
+#   (time_us, fp, offset, index, ingested_ms, flags)
+# Held entries carry their release deadline (stream time, ms) as a seventh item.
+Entry = tuple[int, ...]
+HeldEntry = tuple[int, ...]
+T_US, FP, OFFSET, INDEX, INGESTED, FLAGS, DEADLINE = range(7)
+
+
+@dataclass(slots=True)
+class ViewState:
+    """The released and held events of one view and when it was last active."""
+
+    released: list[Entry] = field(default_factory=list)
+    held: list[HeldEntry] = field(default_factory=list)
+    last_active_ms: int = 0
+    _fps: set[int] | None = None
+
+    def seen(self, fp: int) -> bool:
+        if self._fps is None:
+            self._fps = {e[FP] for e in self.released}
+            self._fps.update(e[FP] for e in self.held)
+        return fp in self._fps
+
+    def remember(self, fp: int) -> None:
+        if self._fps is not None:
+            self._fps.add(fp)
+
+    def encode(self) -> bytes:
+        return orjson.dumps((self.last_active_ms, self.released, self.held))
+
+    @classmethod
+    def decode(cls, data: bytes) -> ViewState:
+        last_active, released, held = orjson.loads(data)
+        return cls([tuple(e) for e in released], [tuple(e) for e in held], last_active)
+
+
+class ViewStore(Protocol):
+    """Where one partition's view states live; ``put`` marks a state changed."""
+
+    def get(self, key: str) -> ViewState | None: ...
+
+    def put(self, key: str, state: ViewState) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class DictViewStore(dict[str, ViewState]):
+    """An in-memory ViewStore."""
+
+    def get(self, key: str) -> ViewState | None:  # type: ignore[override]
+        return super().get(key)
+
+    def put(self, key: str, state: ViewState) -> None:
+        self[key] = state
+
+    def delete(self, key: str) -> None:
+        self.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One raw event to order: its time, fingerprint, index in its record, identify flag."""
+
+    time_us: int
+    fp: int
+    index: int
+    identify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A row to publish; ``offset``/``index`` locate its raw event."""
+
+    view_key: str
+    event_id: str
+    time_us: int
+    offset: int
+    index: int
+    ingested_ms: int
+    superseding: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A superseded row to null out; ``ingested_ms`` is the row's warehouse partition."""
+
+    view_key: str
+    event_id: str
+    time_us: int
+    ingested_ms: int
+
+
+Emission = Row | Tombstone
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the reorderer did since it was created."""
+
+    events_in: int = 0
+    duplicates: int = 0
+    late: int = 0
+    tombstones: int = 0
+    detached: int = 0
+    expired_views: int = 0
+
+
+def _id_of(view_key: str, entry: Entry | HeldEntry, predecessor_fp: int | None) -> str:
+    if entry[FLAGS] & IDENTIFY:
+        return identify_event_id(view_key, entry[FP])
+    return event_id(view_key, entry[FP], predecessor_fp)
+
+
+class Reorderer:
+    """Orders the views of one partition and decides what to publish."""
+
+    def __init__(
+        self, store: ViewStore, *, grace_ms: int, ttl_ms: int, stream_time_ms: int = 0
+    ) -> None:
+        self.store = store
+        self.grace_ms = grace_ms
+        self.ttl_ms = ttl_ms
+        self.stream_time_ms = stream_time_ms
+        self.counters = Counters()
+        self._deadlines: deque[tuple[int, str]] = deque()
+        self._activity: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def open_views(self) -> int:
+        return len(self._activity)
+
+    @property
+    def next_deadline_ms(self) -> int | None:
+        """Stream time at which held events are next due, if any are held."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def restore(self, states: Iterable[tuple[str, ViewState]]) -> None:
+        """Rebuild the in-memory indexes from stored states (after an assignment)."""
+        restored = sorted(((s.last_active_ms, k, s) for k, s in states), key=lambda t: t[:2])
+        for last_active, key, _ in restored:
+            self._activity[key] = last_active
+        pending = sorted({(e[DEADLINE], key) for _, key, state in restored for e in state.held})
+        self._deadlines.extend(pending)
+
+    def on_record(
+        self,
+        view_key: str,
+        arrivals: list[Arrival],
+        *,
+        offset: int,
+        record_ts_ms: int,
+        ingested_ms: int,
+    ) -> list[Emission]:
+        """Take one raw record of ``view_key``; return what to publish now."""
+        out = self.advance(record_ts_ms)
+        now = self.stream_time_ms
+        self.counters.events_in += len(arrivals)
+        state = self._live_state(view_key)
+        if state is None:
+            cutoff_us = (now - self.ttl_ms) * 1000
+            detached = [a for a in arrivals if a.time_us < cutoff_us]
+            if detached:
+                self.counters.detached += len(detached)
+                out.extend(
+                    Row(
+                        view_key,
+                        detached_event_id(view_key, a.fp),
+                        a.time_us,
+                        offset,
+                        a.index,
+                        ingested_ms,
+                    )
+                    for a in detached
+                )
+                arrivals = [a for a in arrivals if a.time_us >= cutoff_us]
+                if not arrivals:
+                    return out
+            state = ViewState()
+        deadline = now + self.grace_ms
+        added = False
+        for arrival in arrivals:
+            if state.seen(arrival.fp):
+                self.counters.duplicates += 1
+                continue
+            state.remember(arrival.fp)
+            flags = IDENTIFY if arrival.identify else 0
+            state.held.append(
+                (arrival.time_us, arrival.fp, offset, arrival.index, ingested_ms, flags, deadline)
+            )
+            added = True
+        if not added:
+            return out
+        state.last_active_ms = now
+        self._activity[view_key] = now
+        self._activity.move_to_end(view_key)
+        self._deadlines.append((deadline, view_key))
+        self.store.put(view_key, state)
+        if self.grace_ms == 0:
+            out.extend(self._release(view_key, state))
+        return out
+
+    def advance(self, stream_time_ms: int) -> list[Emission]:
+        """Move stream time forward (never back) and release every held event now due."""
+        if stream_time_ms > self.stream_time_ms:
+            self.stream_time_ms = stream_time_ms
+        out: list[Emission] = []
+        now = self.stream_time_ms
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, view_key = self._deadlines.popleft()
+            state = self.store.get(view_key)
+            if state is not None and state.held:
+                out.extend(self._release(view_key, state))
+        return out
+
+    def expire(self) -> int:
+        """Forget views inactive for longer than the TTL; return how many."""
+        cutoff = self.stream_time_ms - self.ttl_ms
+        expired = 0
+        while self._activity:
+            key, last_active = next(iter(self._activity.items()))
+            if last_active >= cutoff:
+                break
+            self._activity.popitem(last=False)
+            self.store.delete(key)
+            expired += 1
+        self.counters.expired_views += expired
+        return expired
+
+    def _live_state(self, view_key: str) -> ViewState | None:
+        state = self.store.get(view_key)
+        if state is not None and state.last_active_ms < self.stream_time_ms - self.ttl_ms:
+            self.store.delete(view_key)
+            self._activity.pop(view_key, None)
+            self.counters.expired_views += 1
+            return None
+        return state
+
+    def _release(self, view_key: str, state: ViewState) -> list[Emission]:
+        now = self.stream_time_ms
+        due = [e for e in state.held if e[DEADLINE] <= now]
+        if not due:
+            return []
+        # Held events that sort before a due one go out with it: a late event that arrived
+        # within the grace of a later one is reordered without a correction.
+        cut = max(due)[:DEADLINE]
+        due = sorted(e[:DEADLINE] for e in state.held if e[:DEADLINE] <= cut)
+        state.held = [e for e in state.held if e[:DEADLINE] > cut]
+        released = state.released
+        self.store.put(view_key, state)
+        out: list[Emission] = []
+        if not released or due[0] > released[-1]:
+            predecessor = released[-1][FP] if released else None
+            for entry in due:
+                out.append(self._row(view_key, entry, predecessor))
+                predecessor = entry[FP]
+            released.extend(due)
+            return out
+        return self._merge(view_key, state, due)
+
+    def _row(
+        self,
+        view_key: str,
+        entry: Entry,
+        predecessor: int | None,
+        *,
+        ingested_ms: int | None = None,
+    ) -> Row:
+        return Row(
+            view_key,
+            _id_of(view_key, entry, predecessor),
+            entry[T_US],
+            entry[OFFSET],
+            entry[INDEX],
+            entry[INGESTED] if ingested_ms is None else ingested_ms,
+            superseding=ingested_ms is not None,
+        )
+
+    def _merge(self, view_key: str, state: ViewState, due: list[Entry]) -> list[Emission]:
+        old_predecessor: dict[int, int | None] = {}
+        previous: int | None = None
+        for entry in state.released:
+            old_predecessor[entry[FP]] = previous
+            previous = entry[FP]
+        last_released = state.released[-1]
+        self.counters.late += sum(1 for e in due if e < last_released)
+        merged = sorted(state.released + due)
+        tombstones: list[Emission] = []
+        rows: list[Emission] = []
+        previous_entry: Entry | None = None
+        for position, entry in enumerate(merged):
+            predecessor = previous_entry[FP] if previous_entry is not None else None
+            fp = entry[FP]
+            if fp not in old_predecessor:
+                rows.append(self._row(view_key, entry, predecessor))
+            elif old_predecessor[fp] != predecessor and not entry[FLAGS] & IDENTIFY:
+                assert previous_entry is not None  # a new predecessor is a newly released event
+                tombstones.append(
+                    Tombstone(
+                        view_key,
+                        _id_of(view_key, entry, old_predecessor[fp]),
+                        entry[T_US],
+                        entry[INGESTED],
+                    )
+                )
+                moved = previous_entry[INGESTED]
+                rows.append(self._row(view_key, entry, predecessor, ingested_ms=moved))
+                entry = merged[position] = (*entry[:INGESTED], moved, entry[FLAGS])
+            previous_entry = entry
+        self.counters.tombstones += len(tombstones)
+        state.released = merged
+        return tombstones + rows

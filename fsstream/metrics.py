@@ -1,0 +1,92 @@
+"""Prometheus metrics of a worker, served at ``/metrics`` on its web port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_IN = Counter("fsstream_events_in", "Raw events taken from the raw topic.", registry=REGISTRY)
+RAW_RECORDS_IN = Counter(
+    "fsstream_raw_records_in", "Raw records taken from the raw topic.", registry=REGISTRY
+)
+EVENTS_OUT = Counter(
+    "fsstream_events_out", "Rows published to the events topic.", registry=REGISTRY
+)
+LATE_EVENTS = Counter(
+    "fsstream_late_events",
+    "Events that landed before rows already published, superseding them.",
+    registry=REGISTRY,
+)
+DUPLICATE_EVENTS = Counter(
+    "fsstream_duplicate_events", "Redelivered events dropped.", registry=REGISTRY
+)
+TOMBSTONES = Counter(
+    "fsstream_tombstones", "Tombstones published for superseded rows.", registry=REGISTRY
+)
+EXPIRED_VIEW_EVENTS = Counter(
+    "fsstream_expired_view_events",
+    "Events for views whose state had expired: published, never reordered.",
+    registry=REGISTRY,
+)
+EXPIRED_VIEWS = Counter(
+    "fsstream_expired_views", "View states dropped after the view TTL.", registry=REGISTRY
+)
+DLQ_RECORDS = Counter(
+    "fsstream_dlq_records", "Records sent to the DLQ.", ["reason"], registry=REGISTRY
+)
+OPEN_VIEWS = Gauge("fsstream_open_views", "Views with state on this worker.", registry=REGISTRY)
+HELD_EVENTS = Gauge(
+    "fsstream_held_events", "Events held for reordering on this worker.", registry=REGISTRY
+)
+CONSUMER_LAG = Gauge(
+    "fsstream_consumer_lag",
+    "Records behind the end of each assigned input partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+RAW_TO_OUT_LATENCY = Histogram(
+    "fsstream_raw_to_events_latency_seconds",
+    "From a raw record's timestamp to its rows being published.",
+    buckets=(0.1, 0.5, 1, 2, 3, 4, 5, 5.5, 6, 7, 8, 10, 15, 30, 60, 300),
+    registry=REGISTRY,
+)
+BUFFERED_ROWS = Gauge(
+    "fsstream_sink_buffered_rows",
+    "Rows buffered by the sink, not yet in a file.",
+    registry=REGISTRY,
+)
+BUFFERED_BYTES = Gauge(
+    "fsstream_sink_buffered_bytes", "Approximate bytes buffered by the sink.", registry=REGISTRY
+)
+FILES_WRITTEN = Counter("fsstream_sink_files_written", "Parquet files written.", registry=REGISTRY)
+FILES_RECREATED = Counter(
+    "fsstream_sink_files_recreated", "Parquet files recreated for tombstones.", registry=REGISTRY
+)
+ROWS_WRITTEN = Counter(
+    "fsstream_sink_rows_written", "Rows written to parquet files.", registry=REGISTRY
+)
+PARTITIONS_SEALED = Counter(
+    "fsstream_sink_partitions_sealed",
+    "Hourly partitions sealed with a manifest.",
+    registry=REGISTRY,
+)
+SEAL_LAG = Gauge(
+    "fsstream_sink_seal_lag_seconds",
+    "How long past its seal time the oldest unsealed partition is.",
+    registry=REGISTRY,
+)
+S3_RETRIES = Counter(
+    "fsstream_s3_retries", "Object store calls retried.", ["operation"], registry=REGISTRY
+)
+SYNC_LATENCY = Histogram(
+    "fsstream_sink_sync_latency_seconds",
+    "From a row's processed time to its file being uploaded.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=REGISTRY,
+)
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,128 @@
+"""Generated views, their raw records and the rows fsstream must publish for them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fsstream import codec, kafka_clients
+from fsstream.core.ids import event_id, fingerprint, identify_event_id
+from fsstream.core.models import view_key
+from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.settings import Settings
+from fsstream.tail import read_topic
+
+
+@dataclass
+class View:
+    key: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_views(rng: random.Random, count: int, per_view: int, start_ms: int) -> list[View]:
+    views = []
+    for n in range(count):
+        device, session, view_id = 5000 + n % 7, 100 + n, n % 3 + 1
+        view = View(view_key(device, session, view_id))
+        moment_us = (start_ms + rng.randrange(60_000)) * 1000
+        for i in range(per_view):
+            moment_us += rng.randrange(1, 3_000_000)
+            event_type = (
+                "identify"
+                if i == 1 and n % 4 == 0
+                else rng.choice(["click", "navigate", "custom", "change"])
+            )
+            view.events.append(
+                {
+                    "device_id": device,
+                    "session_id": session,
+                    "view_id": view_id,
+                    "event_time": format_event_time(moment_us),
+                    "event_type": event_type,
+                    "event_properties": orjson.dumps({"i": i, "n": n}).decode(),
+                    "source_type": "web",
+                    "source_properties": orjson.dumps({"url": {"path": f"/v/{n}"}}).decode(),
+                }
+            )
+        views.append(view)
+    return views
+
+
+def expected_rows(views: list[View]) -> dict[str, dict[str, Any]]:
+    """event id → raw event, for the full ordered set of every view."""
+    out: dict[str, dict[str, Any]] = {}
+    for view in views:
+        keyed = []
+        for e in view.events:
+            us = parse_rfc3339_us(e["event_time"])
+            fp = fingerprint(
+                us, e["event_type"], e["event_properties"], e["source_type"], e["source_properties"]
+            )
+            keyed.append((us, fp, e))
+        previous = None
+        for _, fp, e in sorted(keyed, key=lambda t: (t[0], t[1])):
+            eid = (
+                identify_event_id(view.key, fp)
+                if e["event_type"] == "identify"
+                else event_id(view.key, fp, previous)
+            )
+            out[eid] = e
+            previous = fp
+    return out
+
+
+@dataclass
+class RawRecord:
+    key: str
+    timestamp_ms: int
+    events: list[dict[str, Any]]
+    value: bytes | None = None
+
+    def encode(self) -> bytes:
+        if self.value is not None:
+            return self.value
+        return codec.encode(
+            codec.RAW_EVENT_BATCH, {"ingested_time": self.timestamp_ms, "events": self.events}
+        )
+
+
+async def produce(settings: Settings, records: list[RawRecord]) -> None:
+    producer = kafka_clients.producer(settings)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                settings.topic_raw, r.encode(), key=r.key.encode(), timestamp_ms=r.timestamp_ms
+            )
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(settings: Settings, topic: str) -> list[Any]:
+    return [record async for record in read_topic(settings, topic)]
+
+
+def live(records: list[Any]) -> dict[str, Any]:
+    """The compacted topic: last record per key, tombstones removed."""
+    last: dict[bytes, Any] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        last[record.key] = record
+    return {k.decode(): r for k, r in last.items() if r.value is not None}
+
+
+async def wait_for(settings: Settings, topic: str, done: Any, timeout: float = 120.0) -> list[Any]:
+    """Read ``topic`` until ``done(records)`` holds; return the records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = await read_all(settings, topic)
+        if done(records) or time.monotonic() > deadline:
+            return records
+        await asyncio.sleep(1.0)
