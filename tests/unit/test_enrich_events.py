@@ -1,0 +1,224 @@
+"""Defined-event rules: property predicates, refusals and the most-predicates rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fsstream.core.enrich import DefinitionError
+from fsstream.core.enrich.events import EventRule, compile_event_rule, json_equal
+
+PROPS: dict[str, Any] = {
+    "event_name": "Order Completed",
+    "event_properties": {
+        "amount": 120,
+        "price": 9.5,
+        "currency": "USD",
+        "tags": ["a", "b", 3],
+        "flag": True,
+        "nothing": None,
+        "items": [{"sku": "x1"}, {"sku": "x2"}],
+    },
+    "target": {"text": "Buy now", "masked": False},
+}
+
+
+def holds(path: str, op: str, value: Any = None, *, with_value: bool = True) -> bool:
+    predicate: dict[str, Any] = {"path": path, "op": op}
+    if with_value:
+        predicate["value"] = value
+    rule = compile_event_rule({"event_type": "custom", "properties": [predicate]})
+    return rule.matches("custom", PROPS, (), None)
+
+
+@pytest.mark.parametrize(
+    ("path", "op", "value", "expected"),
+    [
+        ("event_name", "equals", "Order Completed", True),
+        ("event_name", "equals", "order completed", False),
+        ("event_properties.amount", "equals", 120, True),
+        ("event_properties.amount", "equals", 120.0, True),
+        ("event_properties.amount", "equals", "120", False),
+        ("event_properties.price", "equals", 9.5, True),
+        ("event_properties.flag", "equals", True, True),
+        ("event_properties.flag", "equals", 1, False),
+        ("event_properties.amount", "equals", True, False),
+        ("event_properties.nothing", "equals", None, True),
+        ("event_properties.missing", "equals", None, False),
+        ("event_properties.tags", "equals", ["a", "b", 3], True),
+        ("event_properties.tags", "equals", ["a", "b", 3.0], True),
+        ("event_properties.tags", "equals", ["a", "b"], False),
+        ("event_properties.items", "equals", [{"sku": "x1"}, {"sku": "x2"}], True),
+        ("event_properties.items.1.sku", "equals", "x2", True),
+        ("event_properties.items.2.sku", "equals", "x2", False),
+        ("event_properties.items.first.sku", "equals", "x1", False),
+        ("target.masked", "equals", False, True),
+        ("target.masked", "equals", 0, False),
+        ("event_name", "contains", "Order", True),
+        ("event_name", "contains", "order", False),
+        ("event_properties.tags", "contains", "a", True),
+        ("event_properties.tags", "contains", "c", False),
+        ("event_properties.tags", "contains", 3, True),
+        ("event_properties.items", "contains", {"sku": "x2"}, True),
+        ("event_properties.amount", "contains", 1, False),
+        ("event_properties.amount", "contains", "1", False),
+        ("event_properties.currency", "exists", None, True),
+        ("event_properties.flag", "exists", None, True),
+        ("event_properties.nothing", "exists", None, False),
+        ("event_properties.missing", "exists", None, False),
+        ("event_name.inner", "exists", None, False),
+        ("event_properties.amount", "gt", 100, True),
+        ("event_properties.amount", "gt", 120, False),
+        ("event_properties.amount", "gt", 119.5, True),
+        ("event_properties.amount", "lt", 121, True),
+        ("event_properties.amount", "lt", 120, False),
+        ("event_properties.price", "lt", 10, True),
+        ("event_properties.currency", "gt", 1, False),
+        ("event_properties.flag", "gt", 0, False),
+        ("event_properties.missing", "lt", 1, False),
+    ],
+)
+def test_property_operators(path: str, op: str, value: Any, expected: bool) -> None:
+    assert holds(path, op, value) is expected
+
+
+def test_exists_needs_no_value() -> None:
+    assert holds("event_name", "exists", with_value=False)
+
+
+def test_every_predicate_must_hold() -> None:
+    rule = compile_event_rule(
+        {
+            "event_type": "custom",
+            "properties": [
+                {"path": "event_name", "op": "equals", "value": "Order Completed"},
+                {"path": "event_properties.amount", "op": "gt", "value": 200},
+            ],
+        }
+    )
+    assert not rule.matches("custom", PROPS, (), None)
+
+
+@pytest.mark.parametrize(
+    ("element_ids", "page_id", "expected"),
+    [
+        (("el-1",), "pg-1", True),
+        (("el-0", "el-1"), "pg-1", True),
+        (("el-0",), "pg-1", False),
+        ((), "pg-1", False),
+        (("el-1",), "pg-2", False),
+        (("el-1",), None, False),
+    ],
+)
+def test_element_and_page_requirements(
+    element_ids: tuple[str, ...], page_id: str | None, expected: bool
+) -> None:
+    rule = compile_event_rule(
+        {"event_type": "click", "element_definition_id": "el-1", "page_definition_id": "pg-1"}
+    )
+    assert rule.matches("click", {}, element_ids, page_id) is expected
+
+
+def test_event_type_must_equal() -> None:
+    rule = compile_event_rule({"event_type": "click"})
+    assert rule.matches("click", {}, (), None)
+    assert not rule.matches("Click", {}, (), None)
+    assert not rule.matches("change", {}, (), None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "predicates"),
+    [
+        ({"event_type": "click"}, 1),
+        ({"event_type": "click", "element_definition_id": "e"}, 2),
+        ({"event_type": "click", "page_definition_id": "p"}, 2),
+        ({"event_type": "click", "element_definition_id": "e", "page_definition_id": "p"}, 3),
+        (
+            {
+                "event_type": "custom",
+                "page_definition_id": "p",
+                "properties": [
+                    {"path": "a", "op": "exists"},
+                    {"path": "b", "op": "gt", "value": 1},
+                ],
+            },
+            4,
+        ),
+        ({"event_type": "click", "properties": []}, 1),
+        ({"event_type": "click", "properties": None}, 1),
+    ],
+)
+def test_predicate_count(rule: dict[str, Any], predicates: int) -> None:
+    assert compile_event_rule(rule).predicate_count == predicates
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ({}, "needs a non-empty string 'event_type'"),
+        ({"event_type": ""}, "needs a non-empty string 'event_type'"),
+        ({"event_type": 3}, "needs a non-empty string 'event_type'"),
+        ({"event_type": "click", "page": "p"}, "unknown keys ['page']"),
+        ({"event_type": "click", "element_definition_id": ""}, "must be a non-empty string"),
+        ({"event_type": "click", "page_definition_id": 7}, "must be a non-empty string"),
+        ({"event_type": "click", "properties": {"path": "a"}}, "'properties' must be a list"),
+        ({"event_type": "click", "properties": ["a"]}, "property 0 must be an object"),
+        (
+            {"event_type": "click", "properties": [{"path": "a", "op": "startswith", "value": 1}]},
+            "unknown op 'startswith'; expected one of equals, contains, exists, gt, lt",
+        ),
+        ({"event_type": "click", "properties": [{"path": "a"}]}, "unknown op None"),
+        ({"event_type": "click", "properties": [{"path": "", "op": "exists"}]}, "non-empty"),
+        ({"event_type": "click", "properties": [{"op": "exists"}]}, "non-empty string 'path'"),
+        ({"event_type": "click", "properties": [{"path": "a..b", "op": "exists"}]}, "empty part"),
+        ({"event_type": "click", "properties": [{"path": ".a", "op": "exists"}]}, "empty part"),
+        ({"event_type": "click", "properties": [{"path": "a", "op": "equals"}]}, "needs a 'value'"),
+        (
+            {"event_type": "click", "properties": [{"path": "a", "op": "contains"}]},
+            "needs a 'value'",
+        ),
+        (
+            {"event_type": "click", "properties": [{"path": "a", "op": "gt", "value": "3"}]},
+            "op 'gt' needs a number 'value'",
+        ),
+        (
+            {"event_type": "click", "properties": [{"path": "a", "op": "lt", "value": True}]},
+            "op 'lt' needs a number 'value'",
+        ),
+        (
+            {"event_type": "click", "properties": [{"path": "a", "op": "exists", "x": 1}]},
+            "property 0 has unknown keys ['x']",
+        ),
+    ],
+)
+def test_refused_rules_say_why(rule: dict[str, Any], reason: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        compile_event_rule(rule)
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (1, 1.0, True),
+        (True, 1, False),
+        (1, True, False),
+        (False, False, True),
+        ([1, True], [1, True], True),
+        ([1, True], [True, 1], False),
+        ({"a": [1]}, {"a": [1.0]}, True),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ("1", 1, False),
+        (None, None, True),
+        (None, 0, False),
+        ([], {}, False),
+    ],
+)
+def test_json_equal(a: Any, b: Any, expected: bool) -> None:
+    assert json_equal(a, b) is expected
+    assert json_equal(b, a) is expected
+
+
+def test_rules_compare_by_content() -> None:
+    assert compile_event_rule({"event_type": "click"}) == EventRule("click")
