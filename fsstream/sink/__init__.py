@@ -1,0 +1,1 @@
+"""The warehouse sink's building blocks: parquet encoding of event and definition files."""
