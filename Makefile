@@ -19,6 +19,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check fsstream tests
+	$(BIN)/ruff format --check fsstream tests
 	$(BIN)/mypy
 
 # pytest exits 5 when it collects nothing: a run that executes no test is a failure.

@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import faust
 from faust.web import Request, Response, View
 
 from fsstream import metrics
-from fsstream.agents.reorder import ReorderAgent, raw_limits
+from fsstream.agents.reorder import Enricher, ReorderAgent, raw_limits
+from fsstream.agents.sink import SinkAgent
+from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.content import KafkaRawLog, RawContent
+from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
 from fsstream.settings import Settings
 from fsstream.state import PartitionedTable
+from fsstream.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,8 @@ def create_app(settings: Settings, role: Role) -> faust.App:
         "broker_heartbeat_interval": max(settings.session_timeout_s / 10, 0.5),
         "consumer_auto_offset_reset": "earliest",
         "stream_buffer_maxsize": 8192,
-        "stream_wait_empty": True,
+        # The sink holds messages unacknowledged until their file is uploaded.
+        "stream_wait_empty": role == "reorder",
         "web_enabled": True,
     }
     if settings.static_member_id:
@@ -75,8 +81,6 @@ def create_app(settings: Settings, role: Role) -> faust.App:
     if role == "reorder":
         install_reorder(app, settings)
     else:
-        from fsstream.agents.sink import install_sink
-
         install_sink(app, settings)
     return app
 
@@ -99,8 +103,50 @@ def _add_web_pages(app: faust.App) -> None:
             return self.json({"status": "ok" if app.started else "starting", "assigned": assigned})
 
 
-def _passthrough(event: RawEvent, at_ms: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    return event.event_properties, event.source_properties
+async def process_batches(
+    stream: Any, process: Callable[[Sequence[Any]], Awaitable[None]], *, size: int, within: float
+) -> None:
+    """Feed batches of events to ``process``, one at a time, in order.
+
+    A batch being processed when the worker stops is finished before faust acks it; a
+    batch that fails ends the process, so that its records are read again after the
+    restart instead of being acknowledged half done.
+    """
+    async for events in stream.take_events(size, within=within):
+        task = asyncio.ensure_future(process(events))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        except Exception:
+            log.exception("batch failed; exiting so that it is processed again")
+            os._exit(70)
+
+
+def install_definitions(app: faust.App, settings: Settings) -> DefinitionsFollower:
+    """Follow the definitions topic in a task of the app; agents wait until it caught up."""
+    follower = DefinitionsFollower(settings, Catalog())
+
+    @app.task
+    async def follow_definitions() -> None:
+        await follower.run()
+
+    return follower
+
+
+def catalog_enricher(catalog: Catalog) -> Enricher:
+    """Enrich with the definition versions active at the raw record's timestamp."""
+
+    def enrich_event(event: RawEvent, at_ms: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        return enrich(
+            event.event_type,
+            event.event_properties,
+            event.source_properties,
+            catalog.matcher_at(at_ms),
+        )
+
+    return enrich_event
 
 
 def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
@@ -126,7 +172,10 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
         raw_limits(settings),
         max_bytes=settings.raw_cache_bytes,
     )
-    agent = ReorderAgent(settings, None, PartitionedTable(views), content, _passthrough)
+    definitions = install_definitions(app, settings)
+    agent = ReorderAgent(
+        settings, None, PartitionedTable(views), content, catalog_enricher(definitions.catalog)
+    )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -139,17 +188,8 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
     @app.agent(raw, name="reorder", concurrency=1)
     async def reorder(stream: Any) -> None:
         agent.producer = app.producer
-        async for events in stream.take_events(2_000, within=0.05):
-            task = asyncio.ensure_future(agent.process(events))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                # Finish the batch (rows published, state written) before faust acks it.
-                await task
-                raise
-            except Exception:
-                log.exception("reorder batch failed; exiting so the batch is processed again")
-                os._exit(70)
+        await definitions.caught_up.wait()
+        await process_batches(stream, agent.process, size=2_000, within=0.05)
 
     @app.timer(interval=max(min(settings.reorder_grace_s / 4, 1.0), 0.1))
     async def heartbeat() -> None:
@@ -171,5 +211,49 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, app.consumer.highwater(tp) - position)
                 )
+
+    return agent
+
+
+def install_sink(app: faust.App, settings: Settings) -> SinkAgent:
+    """The events topic, the file ledger table, the sink agent and its sync timer."""
+    events = app.topic(
+        settings.topic_events,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.events_partitions,
+        internal=False,
+    )
+    ledgers = app.Table(
+        "ledgers",
+        partitions=settings.events_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        recovery_buffer_size=10_000,
+        help="Files written per events partition and hour.",
+    )
+    store = open_store(
+        settings,
+        on_retry=lambda operation, _attempt, _error: metrics.S3_RETRIES.labels(operation).inc(),
+    )
+    agent = SinkAgent(
+        settings, store, PartitionedTable(ledgers), ack=lambda message: message.ack(app.consumer)
+    )
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        agent.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+
+    @app.agent(events, name="sink", concurrency=1)
+    async def sink(stream: Any) -> None:
+        await process_batches(stream, agent.process, size=5_000, within=0.2)
+
+    @app.timer(interval=settings.sink_flush_interval_s)
+    async def sync() -> None:
+        await agent.sync()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_store(sender: Any, **_: Any) -> None:
+        await store.close()
 
     return agent

@@ -123,6 +123,26 @@ def tail(ctx: click.Context, topic: str, follow: bool, limit: int | None) -> Non
 
 
 @main.group()
+def definitions() -> None:
+    """Element, event and page definitions."""
+
+
+@definitions.command("load")
+@click.argument("source", type=click.File("rb"), default="-")
+@click.pass_context
+def definitions_load(ctx: click.Context, source: Any) -> None:
+    """Check definitions (JSON array, object or NDJSON) and produce them all, or none."""
+    from fsstream.definitions import DefinitionFileError, load, parse_file
+
+    settings = _settings(ctx)
+    try:
+        count = asyncio.run(load(settings, parse_file(source.read())))
+    except DefinitionFileError as exc:
+        raise click.ClickException(f"nothing produced:\n{exc}") from exc
+    click.echo(f"produced {count} definitions to {settings.topic_definitions}", err=True)
+
+
+@main.group()
 def kafka() -> None:
     """The local single-node Kafka broker (fetched from Maven Central)."""
 

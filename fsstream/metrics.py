@@ -35,6 +35,16 @@ EXPIRED_VIEWS = Counter(
 DLQ_RECORDS = Counter(
     "fsstream_dlq_records", "Records sent to the DLQ.", ["reason"], registry=REGISTRY
 )
+DEFINITIONS_APPLIED = Counter(
+    "fsstream_definitions_applied",
+    "Definition records applied to the catalog.",
+    registry=REGISTRY,
+)
+DEFINITIONS_REFUSED = Counter(
+    "fsstream_definitions_refused",
+    "Definition records refused (invalid, or a second active page for one URL pattern).",
+    registry=REGISTRY,
+)
 OPEN_VIEWS = Gauge("fsstream_open_views", "Views with state on this worker.", registry=REGISTRY)
 HELD_EVENTS = Gauge(
     "fsstream_held_events", "Events held for reordering on this worker.", registry=REGISTRY

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     dlq_partitions: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
 
+    raw_retention_s: float = Field(
+        7 * 86_400.0, gt=0, description="Raw topic retention; replays reach back this far."
+    )
+
     # Warehouse.
     warehouse_url: str = Field("file://./warehouse", description="file://DIR or s3://BUCKET/PREFIX")
     s3_endpoint_url: str | None = None

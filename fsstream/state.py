@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from fsstream.core.reorder import ViewState
 
@@ -19,8 +19,39 @@ _FAUST_OFFSET_KEY = b"__faust\0offset__"
 STREAM_TIME_KEY = b"\0stream-time"
 
 
+class PartitionStore(Protocol):
+    """Bytes keys and values, read and written per partition."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, partition: int, key: bytes) -> None: ...
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class MemoryPartitions:
+    """A PartitionStore in memory, for one-shot jobs that keep no state between runs."""
+
+    def __init__(self) -> None:
+        self._data: dict[int, dict[bytes, bytes]] = {}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self._data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self._data.setdefault(partition, {})[key] = value
+
+    def delete(self, partition: int, key: bytes) -> None:
+        self._data.get(partition, {}).pop(key, None)
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        yield from list(self._data.get(partition, {}).items())
+
+
 class PartitionedTable:
-    """Bytes keys and values of one faust table, read and written per partition."""
+    """A PartitionStore on one faust table's RocksDB store and changelog."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -59,7 +90,7 @@ class TableViewStore:
     batch's rows are published, so stored state never runs ahead of the output topic.
     """
 
-    def __init__(self, table: PartitionedTable, partition: int, cache_size: int) -> None:
+    def __init__(self, table: PartitionStore, partition: int, cache_size: int) -> None:
         self.table = table
         self.partition = partition
         self.cache_size = cache_size

@@ -24,12 +24,18 @@ class TopicSpec:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The spec's topics: raw in, definitions in, ordered events out, dead letters out."""
+    retention_ms = str(int(settings.raw_retention_s * 1000))
     return [
-        TopicSpec(settings.topic_raw, settings.raw_partitions, {"cleanup.policy": "delete"}),
+        TopicSpec(
+            settings.topic_raw,
+            settings.raw_partitions,
+            {"cleanup.policy": "delete", "retention.ms": retention_ms},
+        ),
+        # Old definition versions stay as long as raw records that could be replayed.
         TopicSpec(
             settings.topic_definitions,
             settings.definitions_partitions,
-            {"cleanup.policy": "compact"},
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": retention_ms},
         ),
         TopicSpec(
             settings.topic_events,

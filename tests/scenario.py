@@ -126,3 +126,42 @@ async def wait_for(settings: Settings, topic: str, done: Any, timeout: float = 1
         if done(records) or time.monotonic() > deadline:
             return records
         await asyncio.sleep(1.0)
+
+
+def traffic_day(seed: int, sessions: int, day_start_ms: int) -> tuple[list[View], list[RawRecord]]:
+    """A day of generated traffic, late events included: views and the raw records to send."""
+    from fsstream import traffic
+    from fsstream.produce import group_batches, raw_event
+
+    generated = sorted(
+        traffic.generate(
+            seed=seed,
+            sessions=sessions,
+            start_ms=day_start_ms,
+            duration_ms=22 * 3_600_000,
+            late_fraction=0.03,
+        ),
+        key=lambda t: t.ingested_time,
+    )
+    parsed = [raw_event(t.event, t.ingested_time) for t in generated]
+    views: dict[str, View] = {}
+    for key, _, record in parsed:
+        views.setdefault(key, View(key)).events.append(record)
+    records = [RawRecord(b.key, b.ingested_time, b.events) for b in group_batches(parsed, 20)]
+    records.sort(key=lambda r: r.timestamp_ms)
+    return list(views.values()), records
+
+
+ENRICHMENT_KEYS = ("event_definition_id", "additional_event_definition_ids")
+
+
+def without_enrichment(event_properties: str) -> dict[str, Any]:
+    """Published event_properties minus the definition ids enrichment added."""
+    props = orjson.loads(event_properties)
+    for key in ENRICHMENT_KEYS:
+        props.pop(key, None)
+    target = props.get("target")
+    if isinstance(target, dict):
+        target.pop("element_definition_id", None)
+        target.pop("additional_element_definition_ids", None)
+    return props

@@ -23,7 +23,7 @@ from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, 
 from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
 from fsstream.core.timefmt import format_event_time
 from fsstream.settings import Settings
-from fsstream.state import PartitionedTable, TableViewStore
+from fsstream.state import PartitionStore, TableViewStore
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ VIEW_HEADER = "fs-view"
 HEARTBEAT_HEADER = "fs-heartbeat"
 ROW_INGESTED_HEADER = "fs-ingested"
 ROW_EVENT_TIME_HEADER = "fs-event-time"
+SUPERSEDED_BY_HEADER = "fs-superseded-at"
 ERROR_HEADER = "fs-error"
 SOURCE_HEADER = "fs-source"
 
@@ -78,7 +79,7 @@ class ReorderAgent:
         self,
         settings: Settings,
         producer: Any,
-        views: PartitionedTable,
+        views: PartitionStore,
         content: RawContent,
         enrich: Enricher,
     ) -> None:
@@ -203,6 +204,7 @@ class ReorderAgent:
                     (VIEW_HEADER, view),
                     (ROW_INGESTED_HEADER, str(emission.ingested_ms).encode()),
                     (ROW_EVENT_TIME_HEADER, format_event_time(emission.time_us).encode()),
+                    (SUPERSEDED_BY_HEADER, str(emission.superseded_at_ms).encode()),
                 ]
                 tombstones += 1
             else:
@@ -276,7 +278,11 @@ class ReorderAgent:
         """Append a heartbeat to quiet partitions whose held events are due.
 
         The heartbeat goes through the raw topic like any record, so its stream time is
-        part of the log and a replay releases exactly as the live run did.
+        part of the log and a replay releases exactly as the live run did. Its stream
+        time is the partition's, advanced by the wall-clock time it has been quiet. A
+        newly assigned partition gets one heartbeat that moves no time forward: taking
+        it restores the partition's views, so held events are released on time even if
+        no new record arrives.
         """
         now = time.monotonic()
         interval = max(self.settings.reorder_grace_s / 2, 0.2)
@@ -286,7 +292,7 @@ class ReorderAgent:
                 if number in self.greeted:
                     continue
                 self.greeted.add(number)
-                timestamp_ms = time.time_ns() // 1_000_000
+                timestamp_ms = 1
             else:
                 deadline = order.reorderer.next_deadline_ms
                 if deadline is None or now - order.heartbeat_at < interval:

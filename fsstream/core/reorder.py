@@ -110,12 +110,17 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """A superseded row to null out; ``ingested_ms`` is the row's warehouse partition."""
+    """A superseded row to null out.
+
+    ``ingested_ms`` places the row in the warehouse; ``superseded_at_ms`` is the ingested
+    time of the batch whose late event superseded it.
+    """
 
     view_key: str
     event_id: str
     time_us: int
     ingested_ms: int
+    superseded_at_ms: int
 
 
 Emission = Row | Tombstone
@@ -322,15 +327,16 @@ class Reorderer:
                 rows.append(self._row(view_key, entry, predecessor))
             elif old_predecessor[fp] != predecessor and not entry[FLAGS] & IDENTIFY:
                 assert previous_entry is not None  # a new predecessor is a newly released event
+                moved = previous_entry[INGESTED]
                 tombstones.append(
                     Tombstone(
                         view_key,
                         _id_of(view_key, entry, old_predecessor[fp]),
                         entry[T_US],
                         entry[INGESTED],
+                        moved,
                     )
                 )
-                moved = previous_entry[INGESTED]
                 rows.append(self._row(view_key, entry, predecessor, ingested_ms=moved))
                 entry = merged[position] = (*entry[:INGESTED], moved, entry[FLAGS])
             previous_entry = entry

@@ -91,7 +91,7 @@ def test_late_event_before_a_released_row_gives_exactly_tombstone_new_s_and_x() 
     out = r.advance(25_000)
     old_s = event_id(VIEW, S.fp, A.fp)
     assert out == [
-        Tombstone(VIEW, old_s, S.time_us, 10_000),
+        Tombstone(VIEW, old_s, S.time_us, 10_000, 20_500),
         Row(VIEW, event_id(VIEW, X.fp, A.fp), X.time_us, 1, 0, 20_500),
         Row(VIEW, event_id(VIEW, S.fp, X.fp), S.time_us, 0, 1, 20_500, superseding=True),
     ]
@@ -100,7 +100,7 @@ def test_late_event_before_a_released_row_gives_exactly_tombstone_new_s_and_x() 
     late2 = Ev(2_500_000, 44)
     feed(r, [late2], ts=30_000, offset=2)
     out = r.advance(35_000)
-    assert out[0] == Tombstone(VIEW, event_id(VIEW, S.fp, X.fp), S.time_us, 20_500)
+    assert out[0] == Tombstone(VIEW, event_id(VIEW, S.fp, X.fp), S.time_us, 20_500, 30_000)
 
 
 def test_late_event_within_the_grace_is_reordered_without_a_tombstone() -> None:

@@ -1,0 +1,449 @@
+"""The sink agent: the events topic → hourly parquet files, exactly once in effect.
+
+Rows are buffered per (events partition, hour) and written to deterministic object
+names (topic, partition, first offset). A message is acknowledged, so its offset can
+be committed, only once the file holding its row is uploaded and recorded in the
+partition's ledger (a changelog-backed table). After a crash, rows already in a
+recorded file are skipped, and a file uploaded but not recorded is written again at
+the same name: no row is lost and none is duplicated.
+
+Tombstones null out the superseded row: dropped from the buffer if it is still
+there, otherwise its file is recreated at the same name (once per sync, however many
+tombstones hit it), or, in append mode, a NULL row goes to the current partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fsstream import codec, metrics
+from fsstream.agents.reorder import (
+    ROW_EVENT_TIME_HEADER,
+    ROW_INGESTED_HEADER,
+    SUPERSEDED_BY_HEADER,
+    VIEW_HEADER,
+    headers_of,
+)
+from fsstream.core.layout import event_file_key, hour_of, manifest_key, seal_marker_key
+from fsstream.core.layout import hour_prefix as layout_hour_prefix
+from fsstream.core.timefmt import (
+    MS_PER_HOUR,
+    format_event_time,
+    format_partition_hour,
+    parse_rfc3339_us,
+)
+from fsstream.settings import Settings
+from fsstream.sink.parquet_format import (
+    EVENTS_SCHEMA,
+    nullify,
+    read_event_columns,
+    serialize_events,
+)
+from fsstream.state import PartitionStore
+from fsstream.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [f.name for f in EVENTS_SCHEMA]
+
+
+@dataclass(slots=True)
+class FileRecord:
+    """A file written for one hour of one events partition, and the offsets it covers."""
+
+    name: str
+    first: int
+    last: int
+    rows: int
+
+
+@dataclass(slots=True)
+class HourLedger:
+    """What one events partition has written into one hour, and whether it sealed it."""
+
+    files: list[FileRecord] = field(default_factory=list)
+    sealed: bool = False
+
+    def covers(self, offset: int) -> bool:
+        return any(f.first <= offset <= f.last for f in self.files)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "files": [[f.name, f.first, f.last, f.rows] for f in self.files],
+                "sealed": self.sealed,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> HourLedger:
+        raw = orjson.loads(data)
+        return cls([FileRecord(*f) for f in raw["files"]], raw["sealed"])
+
+
+@dataclass(slots=True)
+class HourBuffer:
+    """Rows of one hour not yet in a file, column by column, with their messages."""
+
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    offsets: list[int] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)
+    size: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.offsets) - len(self.dropped)
+
+    def add(self, offset: int, row: dict[str, Any], message: Any, size: int) -> None:
+        self.positions[row["event_id"]] = len(self.offsets)
+        for column in COLUMNS:
+            self.columns[column].append(row[column])
+        self.offsets.append(offset)
+        self.messages.append(message)
+        self.size += size
+
+    def drop(self, event_id: str) -> Any | None:
+        """Drop the row of ``event_id``; return its message, None if it is not here."""
+        position = self.positions.pop(event_id, None)
+        if position is None:
+            return None
+        self.dropped.add(position)
+        return self.messages[position]
+
+    def kept(self) -> tuple[dict[str, list[Any]], list[int]]:
+        if not self.dropped:
+            return self.columns, self.offsets
+        keep = [i for i in range(len(self.offsets)) if i not in self.dropped]
+        return (
+            {c: [values[i] for i in keep] for c, values in self.columns.items()},
+            [self.offsets[i] for i in keep],
+        )
+
+
+@dataclass(slots=True)
+class PartitionSink:
+    """Buffers and ledgers of one assigned events partition."""
+
+    number: int
+    ledgers: dict[int, HourLedger]
+    buffers: dict[int, HourBuffer] = field(default_factory=dict)
+    newest_ms: int = 0
+
+
+class SinkAgent:
+    """State and logic behind the faust agent on the events topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        ledgers: PartitionStore,
+        ack: Callable[[Any], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ledgers = ledgers
+        self.ack = ack
+        self.clock = clock
+        self.lock = asyncio.Lock()
+        self.partitions: dict[int, PartitionSink] = {}
+        self.rewrites: dict[str, tuple[int, int, set[str], list[Any]]] = {}
+        self._file_ids: dict[str, set[str]] = {}
+        self.prefix_topic = settings.topic_events
+
+    # -- partitions -----------------------------------------------------------------
+
+    def partition(self, number: int) -> PartitionSink:
+        sink = self.partitions.get(number)
+        if sink is None:
+            ledgers = {int(k): HourLedger.decode(v) for k, v in self.ledgers.items(number)}
+            sink = self.partitions[number] = PartitionSink(number, ledgers)
+        return sink
+
+    def revoke(self, numbers: set[int]) -> None:
+        """Forget revoked partitions unacknowledged: their new owner reads them again."""
+        for number in numbers:
+            self.partitions.pop(number, None)
+        self.rewrites = {k: v for k, v in self.rewrites.items() if v[0] not in numbers}
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        rows = size = 0
+        for sink in self.partitions.values():
+            for buffer in sink.buffers.values():
+                rows += buffer.rows
+                size += buffer.size
+        return rows, size
+
+    # -- incoming -------------------------------------------------------------------
+
+    async def process(self, events: Sequence[Any]) -> None:
+        async with self.lock:
+            for event in events:
+                message = event.message
+                message.incref()  # acknowledged by us once durable, not by the stream
+                sink = self.partition(message.partition)
+                if message.value is None:
+                    await self._tombstone(sink, message)
+                else:
+                    self._row(sink, message)
+            for sink, hour, buffer in self._over_budget():
+                await self._flush(sink, hour, buffer)
+            self._observe()
+
+    def _row(self, sink: PartitionSink, message: Any) -> None:
+        row = codec.decode(message.value, expected=codec.EVENT)
+        hour = hour_of(row["ingested_time"])
+        sink.newest_ms = max(sink.newest_ms, row["ingested_time"])
+        ledger = sink.ledgers.get(hour)
+        if ledger is not None and ledger.covers(message.offset):
+            self.ack(message)
+            return
+        buffer = sink.buffers.get(hour)
+        if buffer is None:
+            buffer = sink.buffers[hour] = HourBuffer()
+        buffer.add(message.offset, row, message, len(message.value))
+
+    async def _tombstone(self, sink: PartitionSink, message: Any) -> None:
+        headers = dict(headers_of(message))
+        event_id = message.key.decode()
+        hour = hour_of(int(headers[ROW_INGESTED_HEADER]))
+        buffer = sink.buffers.get(hour)
+        row_message = buffer.drop(event_id) if buffer is not None else None
+        if row_message is not None:
+            self.ack(row_message)
+            self.ack(message)
+            return
+        if self.settings.tombstone_mode == "append":
+            self._null_row(sink, message, headers, event_id)
+            return
+        name = await self._file_with(sink, hour, event_id)
+        if name is None:
+            log.info(
+                "tombstone %s: no row in partition %d hour %s",
+                event_id,
+                sink.number,
+                format_partition_hour(hour),
+            )
+            self.ack(message)
+            return
+        _, _, ids, messages = self.rewrites.setdefault(name, (sink.number, hour, set(), []))
+        ids.add(event_id)
+        messages.append(message)
+
+    def _null_row(
+        self, sink: PartitionSink, message: Any, headers: dict[str, bytes], event_id: str
+    ) -> None:
+        device, session, view = [*headers[VIEW_HEADER].decode().split(":"), "", ""][:3]
+        now_ms = int(self.clock() * 1000)
+        ingested = int(headers.get(SUPERSEDED_BY_HEADER, str(now_ms).encode()))
+        row = {
+            "event_id": event_id,
+            "event_time": headers[ROW_EVENT_TIME_HEADER].decode(),
+            "processed_time": format_event_time(now_ms * 1000),
+            "updated_time": now_ms,
+            "device_id": int(device),
+            "session_id": int(session) if session else None,
+            "view_id": int(view) if view else None,
+            "event_type": None,
+            "event_properties": "{}",
+            "source_type": "",
+            "source_properties": "{}",
+        }
+        hour = hour_of(ingested)
+        buffer = sink.buffers.get(hour)
+        if buffer is None:
+            buffer = sink.buffers[hour] = HourBuffer()
+        buffer.add(message.offset, row, message, 200)
+
+    async def _file_with(self, sink: PartitionSink, hour: int, event_id: str) -> str | None:
+        ledger = sink.ledgers.get(hour)
+        if ledger is None:
+            return None
+        for record in reversed(ledger.files):
+            ids = self._file_ids.get(record.name)
+            if ids is None:
+                data = await self.store.get(record.name)
+                if data is None:
+                    continue
+                loop = asyncio.get_running_loop()
+                columns = await loop.run_in_executor(None, read_event_columns, data, ["event_id"])
+                ids = self._file_ids[record.name] = set(columns["event_id"])
+                while len(self._file_ids) > 256:
+                    self._file_ids.pop(next(iter(self._file_ids)))
+            if event_id in ids:
+                return record.name
+        return None
+
+    # -- writing --------------------------------------------------------------------
+
+    def _over_budget(self) -> list[tuple[PartitionSink, int, HourBuffer]]:
+        """Buffers to write now: full ones, and the largest while over the byte budget."""
+        out: list[tuple[PartitionSink, int, HourBuffer]] = []
+        candidates = []
+        total = 0
+        for sink in self.partitions.values():
+            for hour, buffer in sink.buffers.items():
+                total += buffer.size
+                if buffer.rows >= self.settings.sink_max_rows:
+                    out.append((sink, hour, buffer))
+                else:
+                    candidates.append((buffer.size, sink.number, hour, sink, buffer))
+        total -= sum(b.size for _, _, b in out)
+        candidates.sort(key=lambda c: c[:3], reverse=True)
+        for size, _, hour, sink, buffer in candidates:
+            if total <= self.settings.sink_max_bytes:
+                break
+            out.append((sink, hour, buffer))
+            total -= size
+        return out
+
+    async def _flush(self, sink: PartitionSink, hour: int, buffer: HourBuffer) -> None:
+        """Write one buffer as a file, record it, then acknowledge its messages."""
+        columns, offsets = buffer.kept()
+        if offsets:
+            name = event_file_key(
+                self.settings.org_id, hour, self.prefix_topic, sink.number, offsets[0]
+            )
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(None, serialize_events, columns)
+            await self.store.put(name, data)
+            ledger = sink.ledgers.setdefault(hour, HourLedger())
+            ledger.files.append(FileRecord(name, offsets[0], offsets[-1], len(offsets)))
+            self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
+            self._file_ids[name] = set(columns["event_id"])
+            metrics.FILES_WRITTEN.inc()
+            metrics.ROWS_WRITTEN.inc(len(offsets))
+            now = self.clock()
+            for processed in columns["processed_time"][:: max(1, len(offsets) // 50)]:
+                metrics.SYNC_LATENCY.observe(max(0.0, now - _seconds(processed)))
+            if ledger.sealed:
+                await self._seal(sink, hour, ledger)
+        for i, message in enumerate(buffer.messages):
+            if i not in buffer.dropped:
+                self.ack(message)
+        sink.buffers.pop(hour, None)
+
+    async def sync(self) -> None:
+        """Write every buffer, recreate files hit by tombstones, seal due hours."""
+        async with self.lock:
+            for sink in list(self.partitions.values()):
+                for hour, buffer in sorted(sink.buffers.items()):
+                    await self._flush(sink, hour, buffer)
+            await self._rewrite()
+            await self._seal_due()
+            self._observe()
+
+    async def _rewrite(self) -> None:
+        rewrites, self.rewrites = self.rewrites, {}
+        now_ms = int(self.clock() * 1000)
+        loop = asyncio.get_running_loop()
+        for name, (number, _hour, ids, messages) in rewrites.items():
+            if number not in self.partitions:
+                continue
+            data = await self.store.get(name)
+            if data is not None:
+                rewritten, nulled = await loop.run_in_executor(
+                    None, nullify, data, ids, format_event_time(now_ms * 1000), now_ms
+                )
+                if nulled:
+                    await self.store.put(name, rewritten)
+                    metrics.FILES_RECREATED.inc()
+            for message in messages:
+                self.ack(message)
+
+    async def _seal_due(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        lateness_ms = int(self.settings.allowed_lateness_s * 1000)
+        oldest_due = None
+        for sink in self.partitions.values():
+            for hour, ledger in sorted(sink.ledgers.items()):
+                due = hour + MS_PER_HOUR + lateness_ms
+                if ledger.sealed or due > now_ms:
+                    continue
+                await self._seal(sink, hour, ledger)
+                oldest_due = due if oldest_due is None else min(oldest_due, due)
+            self._prune(sink)
+        unsealed = [
+            hour + MS_PER_HOUR + lateness_ms
+            for sink in self.partitions.values()
+            for hour, ledger in sink.ledgers.items()
+            if not ledger.sealed
+        ]
+        metrics.SEAL_LAG.set(max(0.0, (now_ms - min(unsealed)) / 1000) if unsealed else 0.0)
+
+    async def _seal(self, sink: PartitionSink, hour: int, ledger: HourLedger) -> None:
+        """Record this partition's files in the hour's marker, then rebuild the manifest."""
+        org = self.settings.org_id
+        prefix = layout_hour_prefix(org, hour)
+        marker = {
+            "partition": sink.number,
+            "files": [{"name": f.name.removeprefix(prefix), "rows": f.rows} for f in ledger.files],
+        }
+        await self.store.put(
+            seal_marker_key(org, hour, self.prefix_topic, sink.number), orjson.dumps(marker)
+        )
+        if not ledger.sealed:
+            ledger.sealed = True
+            self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
+            metrics.PARTITIONS_SEALED.inc()
+        await write_manifest(self.store, org, hour)
+
+    def _prune(self, sink: PartitionSink) -> None:
+        """Forget sealed hours no tombstone can reach any more.
+
+        A row is superseded by a batch ingested at most a view TTL after it, so hours
+        older than that before the newest row of the partition are out of reach.
+        """
+        horizon = sink.newest_ms - int(self.settings.view_ttl_s * 1000) - 2 * MS_PER_HOUR
+        for hour in [h for h, ledger in sink.ledgers.items() if ledger.sealed and h < horizon]:
+            del sink.ledgers[hour]
+            self.ledgers.delete(sink.number, str(hour).encode())
+
+    def _observe(self) -> None:
+        rows, size = self.buffered
+        metrics.BUFFERED_ROWS.set(rows)
+        metrics.BUFFERED_BYTES.set(size)
+
+
+def _seconds(event_time: str) -> float:
+    return parse_rfc3339_us(event_time) / 1e6
+
+
+async def write_manifest(store: ObjectStore, org_id: str, hour: int) -> dict[str, Any]:
+    """``_manifest.json`` of an hour: every file the sealed partitions wrote, with row counts.
+
+    Rebuilt from the markers at each seal; written again if a marker appeared meanwhile,
+    so concurrent sealers converge on the complete list.
+    """
+    prefix = layout_hour_prefix(org_id, hour)
+    manifest: dict[str, Any] = {}
+    for _ in range(5):
+        markers = sorted(o.key for o in await store.list(f"{prefix}_sealed/"))
+        files: list[dict[str, Any]] = []
+        for key in markers:
+            data = await store.get(key)
+            if data is not None:
+                files.extend(orjson.loads(data)["files"])
+        files.sort(key=lambda f: f["name"])
+        manifest = {
+            "partition": f"ingested_time={format_partition_hour(hour)}",
+            "files": files,
+            "rows": sum(f["rows"] for f in files),
+        }
+        await store.put(
+            manifest_key(org_id, hour), orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+        )
+        if sorted(o.key for o in await store.list(f"{prefix}_sealed/")) == markers:
+            break
+    return manifest

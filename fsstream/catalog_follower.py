@@ -1,0 +1,88 @@
+"""Every worker's copy of all definitions, followed from the definitions topic.
+
+Each worker reads every partition of the topic from the beginning with a group-less
+consumer, so it holds the full version history (the topic keeps old versions as long
+as raw records can be replayed), and keeps following it. ``caught_up`` is set once
+the worker has read up to the end offsets seen at start; agents wait for it before
+they process anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from fsstream import codec, kafka_clients, metrics
+from fsstream.core.enrich import Catalog, DefinitionError
+from fsstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[ConsumerRecord[bytes, bytes]], None]
+
+
+class DefinitionsFollower:
+    """Applies the definitions topic to a Catalog, from the beginning and then live."""
+
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.caught_up = asyncio.Event()
+        self.listeners: list[Listener] = []
+
+    def apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            value = None if record.value is None else codec.decode(record.value, codec.DEFINITION)
+            key = record.key.decode() if record.key is not None else ""
+            self.catalog.apply_record(key, value, record.timestamp)
+            metrics.DEFINITIONS_APPLIED.inc()
+        except (codec.CodecError, DefinitionError, UnicodeDecodeError) as exc:
+            metrics.DEFINITIONS_REFUSED.inc()
+            log.warning(
+                "definition %r at %d/%d refused: %s",
+                record.key,
+                record.partition,
+                record.offset,
+                exc,
+            )
+        for listener in self.listeners:
+            listener(record)
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled."""
+        topic = self.settings.topic_definitions
+        consumer = await kafka_clients.start(
+            kafka_clients.consumer(self.settings, client_id=f"{self.settings.app_id}-definitions")
+        )
+        try:
+            partitions = None
+            while not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    log.warning("definitions topic %s not found; waiting for it", topic)
+                    await asyncio.sleep(2.0)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            behind = {tp for tp in tps if ends[tp] > 0}
+            if not behind:
+                self.caught_up.set()
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        self.apply(record)
+                if behind:
+                    for tp in list(behind):
+                        if await consumer.position(tp) >= ends[tp]:
+                            behind.discard(tp)
+                    if not behind:
+                        log.info("definitions caught up: %s", self.catalog.high_water_ms)
+                        self.caught_up.set()
+        finally:
+            await consumer.stop()

@@ -1,0 +1,80 @@
+"""Reading a warehouse back in tests: files, rows, manifests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from fsstream.core.layout import events_prefix
+from fsstream.settings import Settings
+from fsstream.store import open_store
+
+FILE_PATH = re.compile(
+    r"^fullstory_(?P<org>[^/]+)/events/ingested_time=(?P<hour>\d{4}-\d\d-\d\d \d\d:00:00)/"
+    r"(?P<topic>[^/+]+)\+(?P<partition>\d+)\+(?P<offset>\d{20})\.parquet$"
+)
+
+
+@dataclass
+class Warehouse:
+    files: dict[str, bytes]
+    manifests: dict[str, dict[str, Any]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for key, data in sorted(self.files.items()):
+            hour = FILE_PATH.match(key)
+            for row in pq.read_table(io.BytesIO(data)).to_pylist():
+                out.append({**row, "_file": key, "_hour": hour["hour"] if hour else None})
+        return out
+
+    def live(self) -> dict[str, dict[str, Any]]:
+        live: dict[str, dict[str, Any]] = {}
+        for row in self.rows():
+            if row["event_type"] is not None:
+                assert row["event_id"] not in live, f"duplicate live row {row['event_id']}"
+                live[row["event_id"]] = row
+        return live
+
+    def nulled(self) -> set[str]:
+        return {r["event_id"] for r in self.rows() if r["event_type"] is None}
+
+    def write_to(self, root: Path) -> None:
+        for key, data in self.files.items():
+            path = root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+
+async def read_warehouse(settings: Settings) -> Warehouse:
+    store = open_store(settings)
+    try:
+        files: dict[str, bytes] = {}
+        manifests: dict[str, dict[str, Any]] = {}
+        for info in await store.list(events_prefix(settings.org_id)):
+            data = await store.get(info.key)
+            assert data is not None
+            if info.key.endswith(".parquet"):
+                files[info.key] = data
+            elif info.key.endswith("/_manifest.json"):
+                manifests[info.key] = orjson.loads(data)
+        return Warehouse(files, manifests)
+    finally:
+        await store.close()
+
+
+async def wait_for_warehouse(settings: Settings, done: Any, timeout: float = 180.0) -> Warehouse:
+    deadline = time.monotonic() + timeout
+    while True:
+        warehouse = await read_warehouse(settings)
+        if done(warehouse) or time.monotonic() > deadline:
+            return warehouse
+        await asyncio.sleep(1.0)
