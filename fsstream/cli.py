@@ -182,7 +182,7 @@ def kafka_start() -> None:
 
 
 @main.command()
-@click.option("--sessions", default=200, show_default=True)
+@click.option("--sessions", default=3000, show_default=True)
 @click.option("--seed", default=7, show_default=True)
 @click.option(
     "--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True

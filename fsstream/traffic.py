@@ -157,12 +157,18 @@ def generate(
     late_fraction: float = 0.02,
     late_delay_ms: tuple[int, int] = (10_000, 120_000),
     batch_events: int = 20,
+    batch_window_ms: tuple[int, int] = (500, 3_000),
+    idle_bursts: int = 0,
 ) -> Iterator[TrafficEvent]:
     """Traffic of ``sessions`` sessions starting within ``duration_ms`` after ``start_ms``.
 
+    A view's events are ingested in batches of at most ``batch_events``, each batch
+    closing ``batch_window_ms`` after it opened. ``idle_bursts`` views get a burst of
+    events from their past, ingested ten minutes after the view went quiet.
     Yields events in no particular order; sort by ``ingested_time`` to produce them.
     """
     rng = random.Random(seed)
+    bursts = set(rng.sample(range(sessions), min(idle_bursts, sessions)))
     for number in range(sessions):
         device_id = 1_000_000 + rng.randrange(sessions * 4)
         session_id = 10_000_000 + number
@@ -177,27 +183,45 @@ def generate(
             types += rng.choices(
                 ["click", "click", "click", "change", "custom"], k=rng.randrange(3, 30)
             )
-            batch_ingested = moment + rng.randrange(500, 3_000)
+            view_start = moment
+            batch_ingested = moment + rng.randrange(*batch_window_ms)
             in_batch = 0
             for event_type in types:
                 moment += rng.randrange(50, 4_000)
                 if in_batch >= batch_events or moment >= batch_ingested:
-                    batch_ingested = moment + rng.randrange(500, 3_000)
+                    batch_ingested = moment + rng.randrange(*batch_window_ms)
                     in_batch = 0
                 in_batch += 1
                 late = rng.random() < late_fraction
                 ingested = batch_ingested + (rng.randrange(*late_delay_ms) if late else 0)
-                yield TrafficEvent(
-                    ingested,
-                    {
-                        "device_id": device_id,
-                        "session_id": session_id,
-                        "view_id": view_id,
-                        "event_time": format_event_time(moment * 1000),
-                        "event_type": event_type,
-                        "event_properties": _event_properties(rng, event_type, device_id),
-                        "source_type": source_type,
-                        "source_properties": source_properties,
-                    },
-                    late,
-                )
+                event = {
+                    "device_id": device_id,
+                    "session_id": session_id,
+                    "view_id": view_id,
+                    "event_time": format_event_time(moment * 1000),
+                    "event_type": event_type,
+                    "event_properties": _event_properties(rng, event_type, device_id),
+                    "source_type": source_type,
+                    "source_properties": source_properties,
+                }
+                yield TrafficEvent(ingested, event, late)
+            if number in bursts and view_id == 1:
+                burst_ingested = moment + 600_000
+                for _ in range(rng.randrange(10, 20)):
+                    event_type = rng.choice(["click", "change", "custom"])
+                    yield TrafficEvent(
+                        burst_ingested,
+                        {
+                            "device_id": device_id,
+                            "session_id": session_id,
+                            "view_id": view_id,
+                            "event_time": format_event_time(
+                                rng.randrange(view_start, moment) * 1000
+                            ),
+                            "event_type": event_type,
+                            "event_properties": _event_properties(rng, event_type, device_id),
+                            "source_type": source_type,
+                            "source_properties": source_properties,
+                        },
+                        True,
+                    )
