@@ -333,7 +333,7 @@ def run_demo(overrides: dict[str, Any], *, sessions: int, seed: int, workdir: Pa
     print(f"  {'warehouse rows':<22} {live} live, {nulled} nulled out")
     print(f"  rage clicks on {day} (the documented query, in DuckDB):")
     for browser, path, clicks in rage[:10]:
-        print(f"    {str(browser):<10} {str(path):<24} {clicks}")
+        print(f"    {browser!s:<10} {path!s:<24} {clicks}")
     location = settings.warehouse_url
     _say(
         f"done in {time.monotonic() - started:.0f}s; warehouse at {location}/"
