@@ -195,5 +195,42 @@ def demo(ctx: click.Context, sessions: int, seed: int, workdir: Path) -> None:
     run_demo(ctx.obj, sessions=sessions, seed=seed, workdir=workdir)
 
 
+@main.command()
+@click.option("--events", default=1_000_000, show_default=True, help="Events per input shape.")
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["batched", "single"]),
+    default=["batched", "single"],
+    show_default=True,
+)
+@click.option("--rate", default=2_000, show_default=True, help="Live events/s for latency.")
+@click.option("--live-seconds", default=20, show_default=True)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=Path("bench-output"), show_default=True
+)
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    events: int,
+    modes: tuple[str, ...],
+    rate: int,
+    live_seconds: int,
+    workdir: Path,
+) -> None:
+    """Measure CPU per million events, throughput, memory, latency and parquet size."""
+    from fsstream.bench import run_bench
+
+    run_bench(
+        ctx.obj,
+        events=events,
+        rate=rate,
+        live_seconds=live_seconds,
+        workdir=workdir,
+        modes=list(modes),
+    )
+
+
 if __name__ == "__main__":
     main()

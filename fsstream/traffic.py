@@ -159,6 +159,7 @@ def generate(
     batch_events: int = 20,
     batch_window_ms: tuple[int, int] = (500, 3_000),
     idle_bursts: int = 0,
+    view_events: tuple[int, int] = (3, 30),
 ) -> Iterator[TrafficEvent]:
     """Traffic of ``sessions`` sessions starting within ``duration_ms`` after ``start_ms``.
 
@@ -181,7 +182,7 @@ def generate(
             if view_id == 1 and rng.random() < 0.6:
                 types.append("identify")
             types += rng.choices(
-                ["click", "click", "click", "change", "custom"], k=rng.randrange(3, 30)
+                ["click", "click", "click", "change", "custom"], k=rng.randrange(*view_events)
             )
             view_start = moment
             batch_ingested = moment + rng.randrange(*batch_window_ms)

@@ -1,0 +1,382 @@
+"""``fsstream bench``: what the pipeline costs, measured on this machine.
+
+One run starts a local broker and a local S3 server, then for each input shape
+(about 20 events per raw record, and one event per record):
+
+1. produces N generated events to a fresh raw topic (a backlog);
+2. runs the floor, a bare aiokafka consume + Avro decode loop over that topic, in its
+   own process;
+3. runs the reorder and sink workers over the backlog until every row is in a sealed
+   parquet partition on S3, and reads their CPU time and peak RSS from /proc;
+4. produces a live stream at a fixed rate and measures, for each row, the time from
+   its raw record to its publication on the events topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsstream import codec, kafka_clients, traffic
+from fsstream.core.layout import events_prefix
+from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
+from fsstream.embedded import EmbeddedPipeline
+from fsstream.processes import settings_env
+from fsstream.produce import ViewBatch, group_batches, raw_event
+from fsstream.settings import Settings
+from fsstream.store import open_store
+from fsstream.topics import create_topics
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water resident set size."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class ProcessCost:
+    """CPU and memory of one process over a measured interval."""
+
+    name: str
+    cpu_s: float
+    peak_rss_mib: float
+
+
+@dataclass
+class ModeResult:
+    """The figures of one input shape."""
+
+    mode: str
+    events: int
+    records: int
+    events_per_s: float = 0.0
+    cpu_s_per_million: float = 0.0
+    processes: list[ProcessCost] = field(default_factory=list)
+    p99_latency_s: float = 0.0
+    p50_latency_s: float = 0.0
+    parquet_bytes_per_event: float = 0.0
+    floor_events_per_s: float = 0.0
+    floor_cpu_s_per_million: float = 0.0
+    floor_peak_rss_mib: float = 0.0
+
+
+def bench_batches(
+    events: int, per_record: int, start_ms: int, seed: int = 42
+) -> tuple[list[ViewBatch], int]:
+    """Generated traffic of about ``events`` events, ``per_record`` events per raw record."""
+    sessions = max(1, events // 100)
+    generated = traffic.generate(
+        seed=seed,
+        sessions=sessions,
+        start_ms=start_ms,
+        duration_ms=MS_PER_HOUR // 2,
+        late_fraction=0.01,
+        view_events=(30, 50),
+        batch_window_ms=(600_000, 600_001) if per_record > 1 else (1, 2),
+        batch_events=per_record,
+    )
+    parsed = [raw_event(t.event, t.ingested_time) for t in generated][:events]
+    batches = sorted(group_batches(parsed, per_record), key=lambda b: b.ingested_time)
+    return batches, len(parsed)
+
+
+async def produce_values(settings: Settings, batches: list[ViewBatch]) -> None:
+    producer = kafka_clients.producer(settings, linger_ms=20, max_batch_size=1_048_576)
+    await producer.start()
+    try:
+        pending = []
+        for batch in batches:
+            pending.append(
+                await producer.send(
+                    settings.topic_raw,
+                    batch.encode(),
+                    key=batch.key.encode(),
+                    timestamp_ms=batch.ingested_time,
+                )
+            )
+            if len(pending) >= 5_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def floor_loop(settings: Settings, expected_events: int) -> dict[str, float]:
+    """Consume the raw topic and decode every record: the cost no pipeline can beat."""
+    from aiokafka import TopicPartition
+
+    consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5_000))
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    events = 0
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
+        tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while events < expected_events:
+            for records in (await consumer.getmany(timeout_ms=1_000)).values():
+                for record in records:
+                    if record.value:
+                        events += len(codec.decode(record.value, codec.RAW_EVENT_BATCH)["events"])
+    finally:
+        await consumer.stop()
+    return {
+        "events": events,
+        "seconds": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu_started,
+    }
+
+
+def run_floor(settings: Settings, events: int) -> tuple[dict[str, float], float]:
+    """The floor loop in a process of its own; (figures, peak RSS MiB)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fsstream.bench", "floor", str(events)],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+    )
+    output, _ = process.communicate(timeout=3_600)
+    figures = json.loads(output.decode().strip().splitlines()[-1])
+    return figures, figures.pop("peak_rss_mib")
+
+
+async def warehouse_rows(settings: Settings) -> tuple[int, int, int]:
+    """(rows, parquet bytes, sealed partitions) in the warehouse now."""
+    from fsstream.sink.parquet_format import read_event_columns
+
+    store = open_store(settings)
+    rows = size = sealed = 0
+    try:
+        for info in await store.list(events_prefix(settings.org_id)):
+            if info.key.endswith(".parquet"):
+                data = await store.get(info.key)
+                if data is not None:
+                    size += len(data)
+                    rows += sum(
+                        1 for t in read_event_columns(data, ["event_type"])["event_type"] if t
+                    )
+            elif info.key.endswith("_manifest.json"):
+                sealed += 1
+    finally:
+        await store.close()
+    return rows, size, sealed
+
+
+async def live_latency(settings: Settings, rate: int, seconds: int) -> list[float]:
+    """Produce events at ``rate`` per second; return raw-to-published delays of their rows."""
+    now_ms = time.time_ns() // 1_000_000
+    batches, _ = bench_batches(rate * seconds, 20, now_ms - 1, seed=7)
+    started_ms = time.time_ns() // 1_000_000
+    producer = kafka_clients.producer(settings)
+    await producer.start()
+    sent_events = 0
+    try:
+        for batch in batches:
+            due = started_ms + sent_events * 1000 // rate
+            delay = due - time.time_ns() // 1_000_000
+            if delay > 0:
+                await asyncio.sleep(delay / 1000)
+            at = time.time_ns() // 1_000_000
+            batch.ingested_time = at
+            await producer.send(
+                settings.topic_raw, batch.encode(), key=batch.key.encode(), timestamp_ms=at
+            )
+            sent_events += len(batch.events)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await asyncio.sleep(settings.reorder_grace_s + 3)
+    delays: list[float] = []
+    consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5_000))
+    try:
+        from aiokafka import TopicPartition
+
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(settings.topic_events) or set()
+        tps = [TopicPartition(settings.topic_events, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        seen: set[bytes] = set()
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for records in (await consumer.getmany(timeout_ms=1_000)).values():
+                for record in records:
+                    if record.value is None or record.key in seen:
+                        continue
+                    seen.add(record.key)
+                    ingested = codec.decode(record.value, codec.EVENT)["ingested_time"]
+                    if ingested >= started_ms:
+                        delays.append((record.timestamp - ingested) / 1000)
+    finally:
+        await consumer.stop()
+    return delays
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run_mode(
+    pipeline: EmbeddedPipeline,
+    mode: str,
+    events: int,
+    per_record: int,
+    rate: int,
+    live_seconds: int,
+    say: Any,
+) -> ModeResult:
+    assert pipeline.settings is not None
+    tag = f"{mode}-{os.getpid()}"
+    settings = pipeline.settings.model_copy(
+        update={
+            "app_id": f"bench-{tag}",
+            "topic_raw": f"bench.{tag}.raw",
+            "topic_events": f"bench.{tag}.events",
+            "topic_dlq": f"bench.{tag}.dlq",
+            "topic_definitions": f"bench.{tag}.definitions",
+            "org_id": f"bench-{tag}",
+        }
+    )
+    pipeline.settings = settings
+    asyncio.run(create_topics(settings))
+    start_ms = hour_floor_ms(time.time_ns() // 1_000_000) - 3 * MS_PER_HOUR
+    say(f"{mode}: generating {events} events, {per_record} per raw record")
+    batches, produced = bench_batches(events, per_record, start_ms)
+    result = ModeResult(mode, produced, len(batches))
+    say(f"{mode}: producing {produced} events in {len(batches)} records")
+    asyncio.run(produce_values(settings, batches))
+    del batches
+    say(f"{mode}: floor (bare consume + Avro decode)")
+    floor, floor_rss = run_floor(settings, produced)
+    result.floor_events_per_s = floor["events"] / floor["seconds"]
+    result.floor_cpu_s_per_million = floor["cpu_s"] / produced * 1e6
+    result.floor_peak_rss_mib = floor_rss
+    say(f"{mode}: running the reorder and sink workers over the backlog")
+    workers = [
+        pipeline.start_worker("reorder", f"{mode}-reorder"),
+        pipeline.start_worker("sink", f"{mode}-sink"),
+    ]
+    for worker in workers:
+        worker.wait_assigned()
+    pids = {w.role: w.pid for w in workers}
+    cpu_before = {role: cpu_seconds(pid) for role, pid in pids.items() if pid}
+    started = time.monotonic()
+    while True:
+        rows, size, sealed = asyncio.run(warehouse_rows(settings))
+        if rows >= produced and sealed:
+            break
+        if time.monotonic() - started > 7_200:
+            raise TimeoutError(f"{mode}: only {rows} of {produced} rows after two hours")
+        time.sleep(1.0)
+    elapsed = time.monotonic() - started
+    cpu = {role: cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items() if pid}
+    result.events_per_s = produced / elapsed
+    result.cpu_s_per_million = sum(cpu.values()) / produced * 1e6
+    result.parquet_bytes_per_event = size / max(rows, 1)
+    say(f"{mode}: live stream at {rate} events/s for {live_seconds}s")
+    delays = asyncio.run(live_latency(settings, rate, live_seconds))
+    result.p99_latency_s = percentile(delays, 0.99)
+    result.p50_latency_s = percentile(delays, 0.50)
+    result.processes = [
+        ProcessCost(role, cpu[role], peak_rss_bytes(pid) / 2**20)
+        for role, pid in pids.items()
+        if pid
+    ]
+    for worker in workers:
+        worker.stop()
+    return result
+
+
+def report(results: list[ModeResult]) -> str:
+    lines = []
+    for r in results:
+        lines += [
+            f"== {r.mode}: {r.events} events in {r.records} raw records "
+            f"({r.events / max(r.records, 1):.1f} per record)",
+            f"  CPU-s per million events (all fsstream processes): {r.cpu_s_per_million:8.1f}",
+            f"  events/s end to end:                               {r.events_per_s:8.0f}",
+        ]
+        for p in r.processes:
+            rate = r.events / p.cpu_s if p.cpu_s else 0.0
+            lines.append(
+                f"  {p.name:<8} CPU {p.cpu_s:7.1f}s = {rate:8.0f} events per CPU-s,"
+                f" peak RSS {p.peak_rss_mib:7.1f} MiB"
+            )
+        lines += [
+            f"  p50 / p99 raw → events topic latency:              "
+            f"{r.p50_latency_s:5.2f}s / {r.p99_latency_s:5.2f}s",
+            f"  parquet bytes per event:                           "
+            f"{r.parquet_bytes_per_event:8.1f}",
+            f"  floor (consume + Avro decode): {r.floor_events_per_s:8.0f} events/s, "
+            f"{r.floor_cpu_s_per_million:6.1f} CPU-s per million, "
+            f"peak RSS {r.floor_peak_rss_mib:6.1f} MiB",
+            f"  pipeline / floor CPU: "
+            f"{r.cpu_s_per_million / max(r.floor_cpu_s_per_million, 1e-9):5.1f}x",
+        ]
+    return "\n".join(lines)
+
+
+def run_bench(
+    overrides: dict[str, Any],
+    *,
+    events: int,
+    rate: int,
+    live_seconds: int,
+    workdir: Path,
+    modes: list[str],
+) -> list[ModeResult]:
+    def say(message: str) -> None:
+        print(f"[bench] {message}", flush=True)
+
+    results: list[ModeResult] = []
+    settings = {
+        "reorder_grace_s": 5.0,
+        "allowed_lateness_s": 0.0,
+        "sink_flush_interval_s": 5.0,
+        "raw_partitions": 4,
+        "events_partitions": 4,
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
+    with EmbeddedPipeline(workdir.resolve(), overrides=settings, s3=True) as pipeline:
+        say("starting the local broker and S3 server")
+        pipeline.start_broker()
+        for mode in modes:
+            per_record = 20 if mode == "batched" else 1
+            results.append(run_mode(pipeline, mode, events, per_record, rate, live_seconds, say))
+    print(report(results), flush=True)
+    (workdir / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results
+
+
+def _floor_main(events: int) -> None:
+    figures = asyncio.run(floor_loop(Settings(), events))
+    figures["peak_rss_mib"] = peak_rss_bytes(os.getpid()) / 2**20
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "floor":
+        _floor_main(int(sys.argv[2]))
