@@ -18,6 +18,7 @@ from faust.web import Request, Response, View
 from fsstream import metrics
 from fsstream.agents.reorder import Enricher, ReorderAgent, raw_limits
 from fsstream.agents.sink import SinkAgent
+from fsstream.batch_producer import BatchProducer
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.content import KafkaRawLog, RawContent
 from fsstream.core.enrich import Catalog, enrich
@@ -173,8 +174,14 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
         max_bytes=settings.raw_cache_bytes,
     )
     definitions = install_definitions(app, settings)
+    output = BatchProducer(settings, f"{settings.app_id}-reorder-output")
     agent = ReorderAgent(
-        settings, None, PartitionedTable(views), content, catalog_enricher(definitions.catalog)
+        settings,
+        None,
+        PartitionedTable(views),
+        content,
+        catalog_enricher(definitions.catalog),
+        output,
     )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -184,6 +191,7 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_reader(sender: Any, **_: Any) -> None:
         await raw_log.close()
+        await output.close()
 
     @app.agent(raw, name="reorder", concurrency=1)
     async def reorder(stream: Any) -> None:

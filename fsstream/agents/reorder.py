@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsstream import codec, metrics
+from fsstream.batch_producer import BatchProducer, OutputRecord
 from fsstream.content import RawContent, RawRecord
 from fsstream.core.partitioning import partition_for
 from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
@@ -82,9 +83,12 @@ class ReorderAgent:
         views: PartitionStore,
         content: RawContent,
         enrich: Enricher,
+        output: BatchProducer,
     ) -> None:
         self.settings = settings
         self.producer = producer
+        self.output = output
+        self._partitions: dict[str, int] = {}
         self.views = views
         self.content = content
         self.enrich = enrich
@@ -144,6 +148,7 @@ class ReorderAgent:
         touched: dict[int, PartitionOrder] = {}
         emissions: list[tuple[int, Emission]] = []
         pending: list[Awaitable[Any]] = []
+        raw_records = events_in = 0
         for event in events:
             message = event.message
             number = message.partition
@@ -152,13 +157,13 @@ class ReorderAgent:
             if is_heartbeat(message):
                 emitted = order.reorderer.advance(timestamp_ms(message))
             else:
-                metrics.RAW_RECORDS_IN.inc()
+                raw_records += 1
                 try:
                     view_key, record = self.check(message)
                 except (codec.CodecError, InvalidRecord) as exc:
                     pending.append(await self.to_dlq(message, exc))
                     continue
-                metrics.EVENTS_IN.inc(len(record.events))
+                events_in += len(record.events)
                 self.content.put(number, message.offset, record)
                 arrivals = [
                     Arrival(e.time_us, e.fp, i, e.event_type == "identify")
@@ -174,12 +179,24 @@ class ReorderAgent:
             if order.reorderer.stream_time_ms > before:
                 order.advanced_at = time.monotonic()
             emissions.extend((number, e) for e in emitted)
+        metrics.RAW_RECORDS_IN.inc(raw_records)
+        metrics.EVENTS_IN.inc(events_in)
         pending.extend(await self.publish(emissions))
         await asyncio.gather(*pending)
         for order in touched.values():
             order.reorderer.expire()
             order.store.flush(order.reorderer.stream_time_ms)
         self.observe()
+
+    def output_partition(self, view_key: str) -> int:
+        partition = self._partitions.get(view_key)
+        if partition is None:
+            if len(self._partitions) > 100_000:
+                self._partitions.clear()
+            partition = self._partitions[view_key] = partition_for(
+                view_key, self.settings.events_partitions
+            )
+        return partition
 
     async def publish(self, emissions: list[tuple[int, Emission]]) -> list[Awaitable[Any]]:
         """Send rows and tombstones; return the delivery futures."""
@@ -191,11 +208,11 @@ class ReorderAgent:
             number: await self.content.get(number, offsets) for number, offsets in wanted.items()
         }
         processed_us = time.time_ns() // 1000
+        processed_time = format_event_time(processed_us)
         now_ms = processed_us // 1000
-        topic = self.settings.topic_events
-        partitions = self.settings.events_partitions
-        futures: list[Awaitable[Any]] = []
-        rows = tombstones = 0
+        out: list[OutputRecord] = []
+        tombstones = 0
+        timed: set[tuple[int, int]] = set()
         for number, emission in emissions:
             view = emission.view_key.encode()
             if isinstance(emission, Tombstone):
@@ -216,28 +233,29 @@ class ReorderAgent:
                     to_row(
                         raw,
                         emission.event_id,
-                        processed_us=processed_us,
+                        processed_time=processed_time,
                         ingested_ms=emission.ingested_ms,
                         event_properties=event_properties,
                         source_properties=source_properties,
                     ),
                 )
                 headers = [(VIEW_HEADER, view)]
-                rows += 1
-                if not emission.superseding:
+                if not emission.superseding and (number, emission.offset) not in timed:
+                    timed.add((number, emission.offset))
                     metrics.RAW_TO_OUT_LATENCY.observe(max(0, now_ms - record.timestamp_ms) / 1000)
-            futures.append(
-                await self.producer.send(
-                    topic,
+            out.append(
+                (
+                    self.output_partition(emission.view_key),
                     emission.event_id.encode(),
                     value,
-                    partition_for(emission.view_key, partitions),
-                    None,
                     headers,
                 )
             )
-        metrics.EVENTS_OUT.inc(rows)
+        metrics.EVENTS_OUT.inc(len(out) - tombstones)
         metrics.TOMBSTONES.inc(tombstones)
+        futures: list[Awaitable[Any]] = list(
+            await self.output.send(self.settings.topic_events, out)
+        )
         return futures
 
     async def to_dlq(self, message: Any, error: Exception) -> Awaitable[Any]:

@@ -13,7 +13,7 @@ import orjson
 
 from fsstream.core.ids import fingerprint
 from fsstream.core.models import view_key
-from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.core.timefmt import format_event_time, is_canonical_event_time, parse_rfc3339_us
 
 
 class InvalidRecord(ValueError):
@@ -68,6 +68,7 @@ class RawEvent:
     session_id: int | None
     view_id: int | None
     time_us: int
+    event_time: str
     event_type: str
     event_properties: dict[str, Any]
     source_type: str
@@ -118,6 +119,7 @@ def check_event(
         event["session_id"],
         event["view_id"],
         time_us,
+        text if is_canonical_event_time(text) else format_event_time(time_us),
         event_type,
         _properties(event_properties_text, "event_properties", position),
         source_type,
@@ -158,7 +160,7 @@ def to_row(
     event: RawEvent,
     event_id: str,
     *,
-    processed_us: int,
+    processed_time: str,
     ingested_ms: int,
     event_properties: dict[str, Any],
     source_properties: dict[str, Any],
@@ -166,8 +168,8 @@ def to_row(
     """The published ``Event`` record of a raw event (properties already enriched)."""
     return {
         "event_id": event_id,
-        "event_time": format_event_time(event.time_us),
-        "processed_time": format_event_time(processed_us),
+        "event_time": event.event_time,
+        "processed_time": processed_time,
         "updated_time": None,
         "device_id": event.device_id,
         "session_id": event.session_id,

@@ -270,14 +270,20 @@ class Reorderer:
 
     def _release(self, view_key: str, state: ViewState) -> list[Emission]:
         now = self.stream_time_ms
-        due = [e for e in state.held if e[DEADLINE] <= now]
-        if not due:
+        held = state.held
+        due_held = [e for e in held if e[DEADLINE] <= now]
+        if not due_held:
             return []
         # Held events that sort before a due one go out with it: a late event that arrived
-        # within the grace of a later one is reordered without a correction.
-        cut = max(due)[:DEADLINE]
-        due = sorted(e[:DEADLINE] for e in state.held if e[:DEADLINE] <= cut)
-        state.held = [e for e in state.held if e[:DEADLINE] > cut]
+        # within the grace of a later one is reordered without a correction. (Fingerprints
+        # are unique in a view, so comparing whole held entries compares their order.)
+        if len(due_held) < len(held):
+            cut = max(due_held)
+            due_held = [e for e in held if e <= cut]
+            state.held = [e for e in held if e > cut]
+        else:
+            state.held = []
+        due = [e[:DEADLINE] for e in sorted(due_held)]
         released = state.released
         self.store.put(view_key, state)
         out: list[Emission] = []

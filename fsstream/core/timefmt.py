@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -20,9 +21,23 @@ def parse_rfc3339_us(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_SECONDS: dict[int, str] = {}
+
+
 def format_event_time(us: int) -> str:
     """``yyyy-MM-ddTHH:mm:ss.SSSSSSZ``, the warehouse's event and processed time format."""
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, fraction = divmod(us, 1_000_000)
+    head = _SECONDS.get(seconds)
+    if head is None:
+        if len(_SECONDS) > 65_536:
+            _SECONDS.clear()
+        head = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{head}.{fraction:06d}Z"
+
+
+def is_canonical_event_time(text: str) -> bool:
+    """Whether ``text`` is already in the ``yyyy-MM-ddTHH:mm:ss.SSSSSSZ`` format."""
+    return len(text) == 27 and text[26] == "Z" and text[19] == "." and text[10] == "T"
 
 
 def format_definition_time(ms: int) -> str:

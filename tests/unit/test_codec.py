@@ -2,6 +2,8 @@ import io
 
 import pytest
 from fastavro import schemaless_writer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fsstream import codec
 
@@ -130,3 +132,35 @@ def test_body_of_a_different_schema_under_a_known_fingerprint_is_rejected() -> N
     value = codec.SCHEMAS[codec.RAW_EVENT_BATCH].header + b"\x7f" + buf.getvalue()
     with pytest.raises(codec.CodecError):
         codec.decode(value)
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "event_id": st.text(),
+            "event_time": st.none() | st.text(),
+            "processed_time": st.text(),
+            "updated_time": st.none() | st.integers(-(2**63), 2**63 - 1),
+            "device_id": st.integers(-(2**63), 2**63 - 1),
+            "session_id": st.none() | st.integers(-(2**63), 2**63 - 1),
+            "view_id": st.none() | st.integers(0, 2**40),
+            "event_type": st.none() | st.text(max_size=20),
+            "event_properties": st.text(),
+            "source_type": st.text(max_size=10),
+            "source_properties": st.text(),
+            "ingested_time": st.integers(0, 2**50),
+        }
+    )
+)
+def test_the_fast_event_writer_writes_what_fastavro_writes(record: dict) -> None:
+    schema = codec.SCHEMAS[codec.EVENT]
+    assert schema.writer is not None
+    buf = io.BytesIO()
+    schemaless_writer(buf, schema.parsed, record)
+    assert codec.encode(codec.EVENT, record) == schema.header + buf.getvalue()
+    assert codec.decode(codec.encode(codec.EVENT, record)) == record
+
+
+def test_schemas_with_nested_types_use_the_general_writer() -> None:
+    assert codec.SCHEMAS[codec.RAW_EVENT_BATCH].writer is None
+    assert codec.SCHEMAS[codec.DEFINITION].writer is None  # an enum field

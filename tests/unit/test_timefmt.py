@@ -32,3 +32,18 @@ def test_formats() -> None:
     assert timefmt.format_partition_hour(us // 1000 + 3_599_000) == "2024-01-01 00:00:00"
     assert timefmt.format_partition_hour(us // 1000 + 3_600_000) == "2024-01-01 01:00:00"
     assert timefmt.format_partition_second(us // 1000) == "2024-01-01 00:00:00"
+
+
+@pytest.mark.parametrize(
+    "us", [0, 1, 999_999, 1_000_000, 1704067200123456, 253402300799999999, 951782400000001]
+)
+def test_event_time_format_matches_datetime(us: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    expected = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    assert timefmt.format_event_time(us) == expected
+    assert timefmt.is_canonical_event_time(expected)
+    assert timefmt.parse_rfc3339_us(expected) == us
+    assert not timefmt.is_canonical_event_time(expected[:-1] + "+00:00")
