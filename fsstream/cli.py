@@ -122,6 +122,32 @@ def tail(ctx: click.Context, topic: str, follow: bool, limit: int | None) -> Non
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option(
+    "--to", "target", required=True, help="Warehouse to write: file://DIR or s3://BUCKET/PREFIX."
+)
+@click.pass_context
+def replay(ctx: click.Context, target: str) -> None:
+    """Rebuild a warehouse from the compacted events topic, idempotently."""
+    from fsstream.replay import replay as run_replay
+
+    settings = _settings(ctx, warehouse_url=target)
+    with click.progressbar(length=1, label="replaying", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        try:
+            result = asyncio.run(run_replay(settings, progress))
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"replayed {result.records} records ({result.tombstones} tombstones) into {target}: "
+        f"{result.rows} rows in {result.files} files"
+    )
+
+
 @main.group()
 def definitions() -> None:
     """Element, event and page definitions."""

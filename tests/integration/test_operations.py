@@ -1,0 +1,239 @@
+"""Operating fsstream: the demo, replay, health and metrics, two workers per role."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fsstream.core.timefmt import parse_rfc3339_us
+from fsstream.localkafka import free_port
+from fsstream.processes import WorkerProcess, settings_env
+from fsstream.settings import Settings
+from fsstream.topics import create_topics
+from tests.scenario import expected_rows, live, produce, read_all, traffic_day, wait_for
+from tests.warehouse import read_warehouse, wait_for_warehouse
+
+DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
+
+
+def pipeline_settings(
+    make_settings: Callable[..., Settings], tmp_path: Path, **extra: Any
+) -> Settings:
+    return make_settings(
+        reorder_grace_s=1.0,
+        sink_flush_interval_s=1.0,
+        allowed_lateness_s=0,
+        raw_retention_s=10 * 365 * 86_400.0,
+        org_id="o-ops",
+        warehouse_url=f"file://{tmp_path / 'lake'}",
+        **extra,
+    )
+
+
+def with_port(settings: Settings, name: str, tmp_path: Path) -> Settings:
+    return settings.model_copy(
+        update={"web_port": free_port(), "data_dir": tmp_path / "state" / name}
+    )
+
+
+def complete(expected: set[str]) -> Callable[[Any], bool]:
+    def done(warehouse: Any) -> bool:
+        try:
+            return set(warehouse.live()) == expected
+        except AssertionError:
+            return False
+
+    return done
+
+
+def live_rows_without_updates(warehouse: Any) -> dict[str, dict[str, Any]]:
+    """Live rows minus bookkeeping columns a file recreation may set."""
+    return {
+        k: {c: v for c, v in row.items() if c not in ("updated_time", "_file", "_hour")}
+        for k, row in warehouse.live().items()
+    }
+
+
+async def test_replay_rebuilds_the_same_live_rows_twice(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    settings = pipeline_settings(make_settings, tmp_path)
+    await create_topics(settings)
+    views, records = traffic_day(seed=9, sessions=60, day_start_ms=DAY_START_MS)
+    expected = set(expected_rows(views))
+    with (
+        WorkerProcess(
+            with_port(settings, "reorder", tmp_path), "reorder", tmp_path / "reorder.log"
+        ) as reorder,
+        WorkerProcess(with_port(settings, "sink", tmp_path), "sink", tmp_path / "sink.log") as sink,
+    ):
+        reorder.wait_assigned()
+        sink.wait_assigned()
+        await produce(settings, records)
+        original = await wait_for_warehouse(settings, complete(expected))
+    assert set(original.live()) == expected
+
+    replays = []
+    for number in (1, 2):
+        target = f"file://{tmp_path / 'replayed'}"
+        result = subprocess.run(
+            [sys.executable, "-m", "fsstream", "replay", "--to", target],
+            env=settings_env(settings),
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert b"replayed" in result.stdout
+        replays.append(await read_warehouse(settings.model_copy(update={"warehouse_url": target})))
+        assert set(replays[-1].live()) == expected, f"replay {number}"
+    first, second = replays
+    assert first.live() == second.live()
+    assert sorted(first.files) == sorted(second.files)
+    assert live_rows_without_updates(first) == live_rows_without_updates(original)
+    # Replaying rebuilt the manifests as well.
+    assert {m["partition"] for m in first.manifests.values()} == {
+        m["partition"] for m in original.manifests.values()
+    }
+
+
+async def test_health_and_metrics_endpoints_serve_the_documented_names(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    settings = pipeline_settings(make_settings, tmp_path)
+    await create_topics(settings)
+    views, records = traffic_day(seed=4, sessions=10, day_start_ms=DAY_START_MS)
+    expected = set(expected_rows(views))
+    reorder_settings = with_port(settings, "reorder", tmp_path)
+    sink_settings = with_port(settings, "sink", tmp_path)
+    with (
+        WorkerProcess(reorder_settings, "reorder", tmp_path / "reorder.log") as reorder,
+        WorkerProcess(sink_settings, "sink", tmp_path / "sink.log") as sink,
+    ):
+        health = reorder.wait_assigned()
+        assert health["status"] == "ok"
+        assert any(p.startswith(f"{settings.topic_raw}/") for p in health["assigned"])
+        sink.wait_assigned()
+        await produce(settings, records)
+        await wait_for_warehouse(settings, complete(expected))
+        await asyncio.sleep(6)  # one lag sample
+        reorder_metrics, sink_metrics = reorder.metrics(), sink.metrics()
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{sink_settings.web_port}/health", timeout=2
+        ) as response:
+            assert orjson.loads(response.read())["status"] == "ok"
+    for family, kind in (
+        ("fsstream_events_in", "counter"),
+        ("fsstream_events_out", "counter"),
+        ("fsstream_late_events", "counter"),
+        ("fsstream_tombstones", "counter"),
+        ("fsstream_dlq_records", "counter"),
+        ("fsstream_consumer_lag", "gauge"),
+        ("fsstream_open_views", "gauge"),
+        ("fsstream_raw_to_events_latency_seconds", "histogram"),
+        ("fsstream_definitions_applied", "counter"),
+    ):
+        assert re.search(rf"^# TYPE {family}(_total)? {kind}$", reorder_metrics, re.M), family
+    for family, kind in (
+        ("fsstream_sink_buffered_rows", "gauge"),
+        ("fsstream_sink_buffered_bytes", "gauge"),
+        ("fsstream_sink_files_written", "counter"),
+        ("fsstream_sink_files_recreated", "counter"),
+        ("fsstream_sink_rows_written", "counter"),
+        ("fsstream_s3_retries", "counter"),
+        ("fsstream_sink_seal_lag_seconds", "gauge"),
+        ("fsstream_sink_sync_latency_seconds", "histogram"),
+        ("fsstream_consumer_lag", "gauge"),
+    ):
+        assert re.search(rf"^# TYPE {family}(_total)? {kind}$", sink_metrics, re.M), family
+    assert "\nfsstream_consumer_lag{" in reorder_metrics
+    rows_written = [
+        line
+        for line in sink_metrics.splitlines()
+        if line.startswith("fsstream_sink_rows_written_total ")
+    ]
+    assert float(rows_written[0].split()[1]) >= len(expected)
+
+
+async def test_stopping_one_of_two_workers_per_role_moves_its_partitions(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    settings = pipeline_settings(make_settings, tmp_path, session_timeout_s=10.0)
+    await create_topics(settings)
+    views, records = traffic_day(seed=12, sessions=80, day_start_ms=DAY_START_MS)
+    expected = set(expected_rows(views))
+    half = len(records) // 2
+    workers = {
+        name: WorkerProcess(
+            with_port(settings, name, tmp_path), name.split("-")[0], tmp_path / f"{name}.log"
+        ).start()
+        for name in ("reorder-a", "reorder-b", "sink-a", "sink-b")
+    }
+    try:
+        for worker in workers.values():
+            worker.wait_assigned()
+        shares = {name: len(w.health()["assigned"]) for name, w in workers.items()}
+        await produce(settings, records[:half])
+        await asyncio.sleep(2)
+        assert workers["reorder-b"].stop() == 0
+        assert workers["sink-b"].stop() == 0
+        await produce(settings, records[half:])
+        events = await wait_for(
+            settings, settings.topic_events, lambda rs: set(live(rs)) == expected
+        )
+        warehouse = await wait_for_warehouse(settings, complete(expected))
+        # The survivors own every partition now.
+        survivors = {name: w.health()["assigned"] for name, w in workers.items() if w.alive()}
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    assert all(0 < n for n in shares.values()), f"partitions were not shared: {shares}"
+    assert (
+        sum(1 for p in survivors["reorder-a"] if p.startswith(f"{settings.topic_raw}/"))
+        == settings.raw_partitions
+    )
+    assert (
+        sum(1 for p in survivors["sink-a"] if p.startswith(f"{settings.topic_events}/"))
+        == settings.events_partitions
+    )
+    assert set(live(events)) == expected
+    assert set(warehouse.live()) == expected
+    all_ids = {r.key.decode() for r in await read_all(settings, settings.topic_events)}
+    assert warehouse.nulled() <= all_ids - expected
+
+
+def test_demo_runs_end_to_end_on_a_small_scale(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fsstream",
+            "demo",
+            "--sessions",
+            "40",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout.decode()
+    assert result.returncode == 0, output[-3000:] + result.stderr.decode()[-3000:]
+    for line in ("summary", "DLQ records", "parquet files", "rage clicks on", "done in"):
+        assert line in output, line
+    dlq = [line for line in output.splitlines() if "DLQ records" in line]
+    assert dlq[0].split()[-1] == "3"
+    assert list((tmp_path / "demo" / "warehouse").rglob("*.parquet"))
+    assert list((tmp_path / "demo" / "warehouse").rglob("_manifest.json"))
