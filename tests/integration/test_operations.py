@@ -198,7 +198,7 @@ async def test_stopping_one_of_two_workers_per_role_moves_its_partitions(
     finally:
         for worker in workers.values():
             worker.stop()
-    assert all(0 < n for n in shares.values()), f"partitions were not shared: {shares}"
+    assert all(n > 0 for n in shares.values()), f"partitions were not shared: {shares}"
     assert (
         sum(1 for p in survivors["reorder-a"] if p.startswith(f"{settings.topic_raw}/"))
         == settings.raw_partitions
