@@ -16,6 +16,7 @@ import faust
 from faust.web import Request, Response, View
 
 from fsstream import metrics
+from fsstream.agents.definitions_export import DefinitionsExporter
 from fsstream.agents.reorder import Enricher, ReorderAgent, raw_limits
 from fsstream.agents.sink import SinkAgent
 from fsstream.batch_producer import BatchProducer
@@ -256,9 +257,19 @@ def install_sink(app: faust.App, settings: Settings) -> SinkAgent:
     async def sink(stream: Any) -> None:
         await process_batches(stream, agent.process, size=5_000, within=0.2)
 
+    exporter = DefinitionsExporter(settings, store)
+    definitions = install_definitions(app, settings)
+    definitions.listeners.append(exporter.on_record)
+
     @app.timer(interval=settings.sink_flush_interval_s)
     async def sync() -> None:
         await agent.sync()
+        # One worker exports definitions: the one that owns events partition 0.
+        if app.consumer and any(
+            tp.topic == settings.topic_events and tp.partition == 0
+            for tp in app.consumer.assignment()
+        ):
+            await exporter.export()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_store(sender: Any, **_: Any) -> None:
