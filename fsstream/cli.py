@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ def _echo_json(obj: Any) -> None:
 def main(ctx: click.Context, broker_url: str | None, warehouse_url: str | None) -> None:
     """fsstream: ordered, enriched, correctable capture events on Kafka and S3."""
     ctx.obj = {"broker_url": broker_url, "warehouse_url": warehouse_url}
+    if ctx.invoked_subcommand != "worker":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        # Client retries during topic creation and leader moves are expected, not news.
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
 
 
 @main.command()
