@@ -12,12 +12,12 @@ from typing import Any
 import click
 import orjson
 
-from fsstream.settings import Settings
+from fsstream.export.cli import export
+from fsstream.settings import Settings, settings_from
 
 
 def _settings(ctx: click.Context, **extra: Any) -> Settings:
-    overrides = {k: v for k, v in {**ctx.obj, **extra}.items() if v is not None}
-    return Settings(**overrides)
+    return settings_from({**ctx.obj, **extra})
 
 
 def _echo_json(obj: Any) -> None:
@@ -262,6 +262,8 @@ def bench(
         modes=list(modes),
     )
 
+
+main.add_command(export)
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ are ``SecretStr`` so they never show in logs, reprs or ``fsstream config``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
         128 * 1024 * 1024, gt=0, description="Recent raw records kept for building rows."
     )
 
+    # Data Export bundles and the v1 export API.
+    export_period_s: float = Field(
+        86_400.0, ge=1_800, le=86_400, description="Bundle length; it must divide a day."
+    )
+    export_delay_s: float = Field(86_400.0, ge=0, description="Availability after the period.")
+    export_api_keys: SecretStr | None = Field(None, description="API keys, comma-separated.")
+    export_port: int = Field(6070, ge=0, le=65535)
+    export_integer_ids: bool = Field(False, description="List bundle Ids as JSON numbers.")
+
     # Process.
     data_dir: Path = Path("./fsstream-data")
     web_port: int = Field(6066, ge=0, le=65535)
@@ -141,9 +151,21 @@ class Settings(BaseSettings):
             options["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return options
 
+    @property
+    def export_keys(self) -> tuple[str, ...]:
+        """The configured export API keys."""
+        if self.export_api_keys is None:
+            return ()
+        return tuple(self.export_api_keys.get_secret_value().replace(",", " ").split())
+
     def public_view(self) -> dict[str, Any]:
         """Every setting, with secrets masked, for printing."""
         return {
             key: ("**********" if isinstance(value, SecretStr) else value)
             for key, value in self.model_dump().items()
         }
+
+
+def settings_from(overrides: Mapping[str, Any]) -> Settings:
+    """Settings from the environment, with the given values (None ones ignored) on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
