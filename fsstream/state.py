@@ -141,13 +141,13 @@ class TableViewStore:
         self.table.put(self.partition, STREAM_TIME_KEY, str(stream_time_ms).encode())
         return written
 
-    def stored(self) -> tuple[int, list[tuple[str, ViewState]]]:
-        """(stream time, every stored view) of the partition, to rebuild indexes from."""
-        stream_time = 0
-        views: list[tuple[str, ViewState]] = []
+    def stream_time(self) -> int:
+        """The partition's stored stream time (0 before its first batch)."""
+        value = self.table.get(self.partition, STREAM_TIME_KEY)
+        return int(value) if value is not None else 0
+
+    def stored(self) -> Iterator[tuple[str, ViewState]]:
+        """Every stored view of the partition, one at a time, to rebuild indexes from."""
         for key, value in self.table.items(self.partition):
-            if key == STREAM_TIME_KEY:
-                stream_time = int(value)
-            else:
-                views.append((key.decode(), ViewState.decode(value)))
-        return stream_time, views
+            if key != STREAM_TIME_KEY:
+                yield key.decode(), ViewState.decode(value)

@@ -104,19 +104,19 @@ class ReorderAgent:
         order = self.partitions.get(number)
         if order is None:
             store = TableViewStore(self.views, number, self.settings.view_cache_size)
-            stream_time, stored = store.stored()
+            stream_time = store.stream_time()
             reorderer = Reorderer(
                 store,
                 grace_ms=int(self.settings.reorder_grace_s * 1000),
                 ttl_ms=int(self.settings.view_ttl_s * 1000),
                 stream_time_ms=stream_time,
             )
-            reorderer.restore(stored)
+            restored = reorderer.restore(store.stored())
             order = self.partitions[number] = PartitionOrder(reorderer, store)
             log.info(
                 "raw partition %d: restored %d views, stream time %d",
                 number,
-                len(stored),
+                restored,
                 stream_time,
             )
         return order

@@ -167,13 +167,22 @@ class Reorderer:
         """Stream time at which held events are next due, if any are held."""
         return self._deadlines[0][0] if self._deadlines else None
 
-    def restore(self, states: Iterable[tuple[str, ViewState]]) -> None:
-        """Rebuild the in-memory indexes from stored states (after an assignment)."""
-        restored = sorted(((s.last_active_ms, k, s) for k, s in states), key=lambda t: t[:2])
-        for last_active, key, _ in restored:
+    def restore(self, states: Iterable[tuple[str, ViewState]]) -> int:
+        """Rebuild the in-memory indexes from stored states (after an assignment).
+
+        Only each view's last activity and held deadlines are kept, not the states, so
+        a partition with a million views restores in bounded memory. Returns the count.
+        """
+        activity: list[tuple[int, str]] = []
+        pending: set[tuple[int, str]] = set()
+        for key, state in states:
+            activity.append((state.last_active_ms, key))
+            pending.update((e[DEADLINE], key) for e in state.held)
+        activity.sort()
+        for last_active, key in activity:
             self._activity[key] = last_active
-        pending = sorted({(e[DEADLINE], key) for _, key, state in restored for e in state.held})
-        self._deadlines.extend(pending)
+        self._deadlines.extend(sorted(pending))
+        return len(activity)
 
     def on_record(
         self,
