@@ -3,9 +3,11 @@
 Rows are buffered per (events partition, hour) and written to deterministic object
 names (topic, partition, first offset). A message is acknowledged, so its offset can
 be committed, only once the file holding its row is uploaded and recorded in the
-partition's ledger (a changelog-backed table). After a crash, rows already in a
-recorded file are skipped, and a file uploaded but not recorded is written again at
-the same name: no row is lost and none is duplicated.
+partition's ledger (a changelog-backed table), and only after every message before it
+(the consumer commits past the first acknowledged offset it has, whatever came before).
+After a crash, rows already in a recorded file are skipped, and a file uploaded but not
+recorded is written again at the same name, or deleted if the rows read again start at
+another offset: no row is lost and none is duplicated.
 
 Tombstones null out the superseded row: dropped from the buffer if it is still
 there, otherwise its file is recreated at the same name (once per sync, however many
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +55,8 @@ from fsstream.store import ObjectStore
 log = logging.getLogger(__name__)
 
 COLUMNS = [f.name for f in EVENTS_SCHEMA]
+NULL_ROW_BYTES = 200
+"""What a row without a value (a NULL row, a tombstone) counts towards the byte budget."""
 
 
 @dataclass(slots=True)
@@ -131,11 +136,22 @@ class HourBuffer:
 
 @dataclass(slots=True)
 class PartitionSink:
-    """Buffers and ledgers of one assigned events partition."""
+    """Buffers and ledgers of one assigned events partition.
+
+    ``start`` is the first offset read since the assignment: every row from there on is
+    read again after a crash, so an unrecorded file starting there or later is a crashed
+    run's upload, whose rows go into the files written now. ``checked`` are the hours
+    already cleared of such files. ``unacked`` holds the messages read and not yet
+    acknowledged, in offset order; ``durable`` the offsets among them that are done.
+    """
 
     number: int
     ledgers: dict[int, HourLedger]
+    start: int = 0
     buffers: dict[int, HourBuffer] = field(default_factory=dict)
+    checked: set[int] = field(default_factory=set)
+    unacked: deque[Any] = field(default_factory=deque)
+    durable: set[int] = field(default_factory=set)
     newest_ms: int = 0
 
 
@@ -159,74 +175,91 @@ class SinkAgent:
         self.partitions: dict[int, PartitionSink] = {}
         self.rewrites: dict[str, tuple[int, int, set[str], list[Any]]] = {}
         self._file_ids: dict[str, set[str]] = {}
+        self._size = 0  # bytes in buffers
+        self._held = 0  # bytes of durable messages waiting for an earlier one to be acknowledged
         self.prefix_topic = settings.topic_events
 
     # -- partitions -----------------------------------------------------------------
 
-    def partition(self, number: int) -> PartitionSink:
+    def partition(self, number: int, offset: int) -> PartitionSink:
         sink = self.partitions.get(number)
         if sink is None:
             ledgers = {int(k): HourLedger.decode(v) for k, v in self.ledgers.items(number)}
-            sink = self.partitions[number] = PartitionSink(number, ledgers)
+            sink = self.partitions[number] = PartitionSink(number, ledgers, offset)
         return sink
 
     def revoke(self, numbers: set[int]) -> None:
         """Forget revoked partitions unacknowledged: their new owner reads them again."""
         for number in numbers:
-            self.partitions.pop(number, None)
+            sink = self.partitions.pop(number, None)
+            if sink is not None:
+                self._size -= sum(buffer.size for buffer in sink.buffers.values())
+                self._held -= sum(_weight(m) for m in sink.unacked if m.offset in sink.durable)
         self.rewrites = {k: v for k, v in self.rewrites.items() if v[0] not in numbers}
 
     @property
     def buffered(self) -> tuple[int, int]:
-        rows = size = 0
-        for sink in self.partitions.values():
-            for buffer in sink.buffers.values():
-                rows += buffer.rows
-                size += buffer.size
-        return rows, size
+        """Rows in buffers, and the bytes the byte budget bounds: buffers and held messages."""
+        rows = sum(b.rows for sink in self.partitions.values() for b in sink.buffers.values())
+        return rows, self._size + self._held
 
     # -- incoming -------------------------------------------------------------------
 
     async def process(self, events: Sequence[Any]) -> None:
+        """Buffer rows and apply tombstones; write buffers as soon as a budget is exceeded,
+        so neither a file nor the memory held ever goes past its budget by more than a row."""
         async with self.lock:
             for event in events:
                 message = event.message
                 message.incref()  # acknowledged by us once durable, not by the stream
-                sink = self.partition(message.partition)
+                sink = self.partition(message.partition, message.offset)
+                sink.unacked.append(message)
                 if message.value is None:
-                    await self._tombstone(sink, message)
+                    buffer = await self._tombstone(sink, message)
                 else:
-                    self._row(sink, message)
-            for sink, hour, buffer in self._over_budget():
-                await self._flush(sink, hour, buffer)
+                    buffer = self._row(sink, message)
+                if (
+                    buffer is not None and buffer.rows >= self.settings.sink_max_rows
+                ) or self._size + self._held > self.settings.sink_max_bytes:
+                    for target in self._over_budget():
+                        await self._flush(*target)
+                    if self._size + self._held > self.settings.sink_max_bytes:
+                        await self._drain()  # what is held waits for a rewrite or a buffer
             self._observe()
 
-    def _row(self, sink: PartitionSink, message: Any) -> None:
+    def _row(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
         row = codec.decode(message.value, expected=codec.EVENT)
         hour = hour_of(row["ingested_time"])
         sink.newest_ms = max(sink.newest_ms, row["ingested_time"])
+        return self._buffer(sink, hour, message, row, len(message.value))
+
+    def _buffer(
+        self, sink: PartitionSink, hour: int, message: Any, row: dict[str, Any], size: int
+    ) -> HourBuffer | None:
+        """Add a row to its hour's buffer, unless a recorded file already holds it."""
         ledger = sink.ledgers.get(hour)
         if ledger is not None and ledger.covers(message.offset):
-            self.ack(message)
-            return
+            self._done(sink, message)
+            return None
         buffer = sink.buffers.get(hour)
         if buffer is None:
             buffer = sink.buffers[hour] = HourBuffer()
-        buffer.add(message.offset, row, message, len(message.value))
+        buffer.add(message.offset, row, message, size)
+        self._size += size
+        return buffer
 
-    async def _tombstone(self, sink: PartitionSink, message: Any) -> None:
+    async def _tombstone(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
         headers = dict(headers_of(message))
         event_id = message.key.decode()
         hour = hour_of(int(headers[ROW_INGESTED_HEADER]))
         buffer = sink.buffers.get(hour)
         row_message = buffer.drop(event_id) if buffer is not None else None
         if row_message is not None:
-            self.ack(row_message)
-            self.ack(message)
-            return
+            self._done(sink, row_message)
+            self._done(sink, message)
+            return None
         if self.settings.tombstone_mode == "append":
-            self._null_row(sink, message, headers, event_id)
-            return
+            return self._null_row(sink, message, headers, event_id)
         name = await self._file_with(sink, hour, event_id)
         if name is None:
             log.info(
@@ -235,15 +268,16 @@ class SinkAgent:
                 sink.number,
                 format_partition_hour(hour),
             )
-            self.ack(message)
-            return
+            self._done(sink, message)
+            return None
         _, _, ids, messages = self.rewrites.setdefault(name, (sink.number, hour, set(), []))
         ids.add(event_id)
         messages.append(message)
+        return None
 
     def _null_row(
         self, sink: PartitionSink, message: Any, headers: dict[str, bytes], event_id: str
-    ) -> None:
+    ) -> HourBuffer | None:
         device, session, view = [*headers[VIEW_HEADER].decode().split(":"), "", ""][:3]
         now_ms = int(self.clock() * 1000)
         ingested = int(headers.get(SUPERSEDED_BY_HEADER, str(now_ms).encode()))
@@ -260,11 +294,7 @@ class SinkAgent:
             "source_type": "",
             "source_properties": "{}",
         }
-        hour = hour_of(ingested)
-        buffer = sink.buffers.get(hour)
-        if buffer is None:
-            buffer = sink.buffers[hour] = HourBuffer()
-        buffer.add(message.offset, row, message, 200)
+        return self._buffer(sink, hour_of(ingested), message, row, NULL_ROW_BYTES)
 
     async def _file_with(self, sink: PartitionSink, hour: int, event_id: str) -> str | None:
         ledger = sink.ledgers.get(hour)
@@ -291,7 +321,7 @@ class SinkAgent:
         """Buffers to write now: full ones, and the largest while over the byte budget."""
         out: list[tuple[PartitionSink, int, HourBuffer]] = []
         candidates = []
-        total = 0
+        total = self._held
         for sink in self.partitions.values():
             for hour, buffer in sink.buffers.items():
                 total += buffer.size
@@ -311,15 +341,21 @@ class SinkAgent:
     async def _flush(self, sink: PartitionSink, hour: int, buffer: HourBuffer) -> None:
         """Write one buffer as a file, record it, then acknowledge its messages."""
         columns, offsets = buffer.kept()
+        name = None
         if offsets:
             name = event_file_key(
                 self.settings.org_id, hour, self.prefix_topic, sink.number, offsets[0]
             )
+        if hour not in sink.checked:
+            await self._delete_unrecorded(sink, hour, keep=name)
+            sink.checked.add(hour)
+        if name is not None:
             loop = asyncio.get_running_loop()
             data = await loop.run_in_executor(None, serialize_events, columns)
             await self.store.put(name, data)
             ledger = sink.ledgers.setdefault(hour, HourLedger())
             ledger.files.append(FileRecord(name, offsets[0], offsets[-1], len(offsets)))
+            resealed, ledger.sealed = ledger.sealed, False  # until the manifest lists it
             self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
             self._file_ids[name] = set(columns["event_id"])
             metrics.FILES_WRITTEN.inc()
@@ -327,29 +363,74 @@ class SinkAgent:
             now = self.clock()
             for processed in columns["processed_time"][:: max(1, len(offsets) // 50)]:
                 metrics.SYNC_LATENCY.observe(max(0.0, now - _seconds(processed)))
-            if ledger.sealed:
+            if resealed:
                 await self._seal(sink, hour, ledger)
         for i, message in enumerate(buffer.messages):
             if i not in buffer.dropped:
-                self.ack(message)
+                self._done(sink, message)
         sink.buffers.pop(hour, None)
+        if self.partitions.get(sink.number) is sink:  # a revoke has counted it out already
+            self._size -= buffer.size
+
+    def _done(self, sink: PartitionSink, message: Any) -> None:
+        """Mark a message durable; acknowledge every message up to the first one not yet."""
+        if self.partitions.get(message.partition) is not sink:
+            return  # revoked meanwhile: its new owner reads it again
+        sink.durable.add(message.offset)
+        self._held += _weight(message)
+        while sink.unacked and sink.unacked[0].offset in sink.durable:
+            first = sink.unacked.popleft()
+            sink.durable.discard(first.offset)
+            self._held -= _weight(first)
+            self.ack(first)
+
+    def _files_prefix(self, hour: int, number: int) -> str:
+        """What the names of one partition's files in one hour start with."""
+        return f"{layout_hour_prefix(self.settings.org_id, hour)}{self.prefix_topic}+{number}+"
+
+    async def _delete_unrecorded(self, sink: PartitionSink, hour: int, keep: str | None) -> None:
+        """Delete the files a crash left between upload and record in this hour.
+
+        Such a file holds rows from ``sink.start`` on, all read again since; the files
+        written now hold them, but where a row the crashed run kept is now dropped (or
+        the reverse), the first offset and so the name differ, and the old file would
+        duplicate rows.
+        """
+        ledger = sink.ledgers.get(hour)
+        recorded = {f.name for f in ledger.files} if ledger is not None else set()
+        prefix = self._files_prefix(hour, sink.number)
+        for info in await self.store.list(prefix):
+            offset = info.key[len(prefix) :].removesuffix(".parquet")
+            if (
+                info.key not in recorded
+                and info.key != keep
+                and offset.isdigit()
+                and int(offset) >= sink.start
+            ):
+                log.info("deleting %s, uploaded by a crashed run, never recorded", info.key)
+                await self.store.delete(info.key)
 
     async def sync(self) -> None:
         """Write every buffer, recreate files hit by tombstones, seal due hours."""
         async with self.lock:
-            for sink in list(self.partitions.values()):
-                for hour, buffer in sorted(sink.buffers.items()):
-                    await self._flush(sink, hour, buffer)
-            await self._rewrite()
+            await self._drain()
             await self._seal_due()
             self._observe()
+
+    async def _drain(self) -> None:
+        """Write every buffer and recreate the files hit by tombstones: all is durable."""
+        for sink in list(self.partitions.values()):
+            for hour, buffer in sorted(sink.buffers.items()):
+                await self._flush(sink, hour, buffer)
+        await self._rewrite()
 
     async def _rewrite(self) -> None:
         rewrites, self.rewrites = self.rewrites, {}
         now_ms = int(self.clock() * 1000)
         loop = asyncio.get_running_loop()
         for name, (number, _hour, ids, messages) in rewrites.items():
-            if number not in self.partitions:
+            sink = self.partitions.get(number)
+            if sink is None:
                 continue
             data = await self.store.get(name)
             if data is not None:
@@ -360,7 +441,7 @@ class SinkAgent:
                     await self.store.put(name, rewritten)
                     metrics.FILES_RECREATED.inc()
             for message in messages:
-                self.ack(message)
+                self._done(sink, message)
 
     async def _seal_due(self) -> None:
         now_ms = int(self.clock() * 1000)
@@ -386,18 +467,27 @@ class SinkAgent:
         """Record this partition's files in the hour's marker, then rebuild the manifest."""
         org = self.settings.org_id
         prefix = layout_hour_prefix(org, hour)
+        key = seal_marker_key(org, hour, self.prefix_topic, sink.number)
+        files = {f.name.removeprefix(prefix): f.rows for f in ledger.files}
+        previous = await self.store.get(key)
+        if previous is not None:
+            # The ledger forgets hours out of every tombstone's reach; a late row for one
+            # must not drop the files sealed before from the marker.
+            own = self._files_prefix(hour, sink.number)
+            stored = {info.key.removeprefix(prefix) for info in await self.store.list(own)}
+            for f in orjson.loads(previous)["files"]:
+                if f["name"] in stored:
+                    files.setdefault(f["name"], f["rows"])
         marker = {
             "partition": sink.number,
-            "files": [{"name": f.name.removeprefix(prefix), "rows": f.rows} for f in ledger.files],
+            "files": [{"name": name, "rows": rows} for name, rows in sorted(files.items())],
         }
-        await self.store.put(
-            seal_marker_key(org, hour, self.prefix_topic, sink.number), orjson.dumps(marker)
-        )
-        if not ledger.sealed:
+        await self.store.put(key, orjson.dumps(marker))
+        await write_manifest(self.store, org, hour)
+        if not ledger.sealed:  # only now: a crash before seals again after the restart
             ledger.sealed = True
             self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
             metrics.PARTITIONS_SEALED.inc()
-        await write_manifest(self.store, org, hour)
 
     def _prune(self, sink: PartitionSink) -> None:
         """Forget sealed hours no tombstone can reach any more.
@@ -418,6 +508,10 @@ class SinkAgent:
 
 def _seconds(event_time: str) -> float:
     return parse_rfc3339_us(event_time) / 1e6
+
+
+def _weight(message: Any) -> int:
+    return len(message.value) if message.value is not None else NULL_ROW_BYTES
 
 
 async def write_manifest(store: ObjectStore, org_id: str, hour: int) -> dict[str, Any]:

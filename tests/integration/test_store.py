@@ -14,8 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import boto3
 import botocore.exceptions
@@ -35,6 +34,7 @@ from fsstream.store import (
     open_store,
     org_prefix,
 )
+from tests.faulty_s3 import Fault, FaultyProxy
 
 MIB = 1024 * 1024
 ACCESS_KEY = "AKIDFSSTREAMTEST"
@@ -382,131 +382,6 @@ async def test_local_store_object_and_folder_clash_is_a_store_error(tmp_path: Pa
 
 
 # -- fault injection ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fault:
-    """What the proxy does to one request: answer with an S3 error (``status``), close the
-    connection before forwarding it (``drop``), forward it and lose moto's answer
-    (``lost_answer``), or forward it and pass on only half of the answer (``cut_answer``)."""
-
-    kind: Literal["status", "drop", "lost_answer", "cut_answer"]
-    status: int = 503
-    code: str = "SlowDown"
-
-
-class FaultyProxy:
-    """An HTTP proxy on loopback in front of the S3 server that spoils chosen requests.
-
-    It serves one request per connection and tells both sides to close, so requests are
-    numbered in arrival order and ``faults`` maps a request number (from 0) to its fault.
-    Every connection is bounded by a timeout and all are cancelled when the proxy stops.
-    """
-
-    def __init__(self, upstream: str, faults: dict[int, Fault], port: int = 0) -> None:
-        parts = urlsplit(upstream)
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.faults = faults
-        self.port = port
-        self.requests: list[str] = []
-        self._accepted = 0
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        number = self._accepted
-        self._accepted += 1
-        try:
-            async with asyncio.timeout(30):
-                head, body = await self._read_request(reader, writer)
-                self.requests.append(head.split(b"\r\n", 1)[0].decode())
-                fault = self.faults.get(number)
-                if fault is not None and fault.kind == "drop":
-                    writer.transport.abort()
-                    return
-                if fault is not None and fault.kind == "status":
-                    writer.write(error_response(fault))
-                    await writer.drain()
-                    return
-                response = await self._forward(head, body)
-                if fault is not None and fault.kind == "lost_answer":
-                    writer.transport.abort()
-                    return
-                if fault is not None and fault.kind == "cut_answer":
-                    head_end = response.index(b"\r\n\r\n") + 4
-                    response = response[: head_end + (len(response) - head_end) // 2]
-                writer.write(response)
-                await writer.drain()
-        finally:
-            writer.close()
-            self._connections.discard(task)
-
-    @staticmethod
-    async def _read_request(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[bytes, bytes]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        headers = parse_headers(head)
-        assert "chunked" not in headers.get("transfer-encoding", ""), "chunked bodies unsupported"
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await writer.drain()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        return head, body
-
-    async def _forward(self, head: bytes, body: bytes) -> bytes:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
-        try:
-            upstream_writer.write(with_connection_close(head, drop=("expect",)) + body)
-            await upstream_writer.drain()
-            response = await upstream_reader.read()  # moto closes after answering
-        finally:
-            upstream_writer.close()
-        response_head, separator, response_body = response.partition(b"\r\n\r\n")
-        return with_connection_close(response_head + separator) + response_body
-
-
-def parse_headers(head: bytes) -> dict[str, str]:
-    lines = head.decode("latin-1").split("\r\n")[1:]
-    pairs = (line.split(":", 1) for line in lines if ":" in line)
-    return {name.strip().lower(): value.strip() for name, value in pairs}
-
-
-def with_connection_close(head: bytes, drop: tuple[str, ...] = ()) -> bytes:
-    lines = head.decode("latin-1").split("\r\n")
-    kept = [
-        line
-        for line in lines[1:]
-        if line and line.split(":", 1)[0].strip().lower() not in ("connection", *drop)
-    ]
-    return "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1")
-
-
-def error_response(fault: Fault) -> bytes:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Error><Code>{fault.code}</Code><Message>injected fault</Message></Error>"
-    ).encode()
-    return (
-        f"HTTP/1.1 {fault.status} Injected\r\nContent-Type: application/xml\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
 
 
 async def test_retries_s3_errors_until_the_put_succeeds(
