@@ -1,7 +1,8 @@
-"""faust wiring: one app per worker role, its topics, tables, agents, timers and web pages.
+"""faust wiring of the reorder worker: its topic, view table, agent, timers and web pages.
 
-Each role is its own consumer group (``<app_id>-reorder``, ``<app_id>-sink``), so the
-roles scale independently: add worker processes of a role to share its partitions.
+The reorder worker is the consumer group ``<app_id>-reorder``; add worker processes to
+share the raw partitions. (The sink worker reads the events topic in bulk with aiokafka
+instead, see ``fsstream.sink.service``.)
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
 from fsstream import metrics
-from fsstream.agents.definitions_export import DefinitionsExporter
 from fsstream.agents.reorder import Enricher, ReorderAgent, raw_limits
-from fsstream.agents.sink import SinkAgent
 from fsstream.batch_producer import BatchProducer
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.content import KafkaRawLog, RawContent
@@ -26,11 +25,8 @@ from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
 from fsstream.settings import Settings
 from fsstream.state import PartitionedTable
-from fsstream.store import open_store
 
 log = logging.getLogger(__name__)
-
-Role = Literal["reorder", "sink"]
 
 
 def _credentials(settings: Settings) -> Any:
@@ -47,9 +43,9 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-def create_app(settings: Settings, role: Role) -> faust.App:
-    """A faust app for one role, configured from settings."""
-    datadir = settings.data_dir / role
+def create_app(settings: Settings) -> faust.App:
+    """The reorder worker's faust app, configured from settings."""
+    datadir = settings.data_dir / "reorder"
     datadir.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -72,18 +68,14 @@ def create_app(settings: Settings, role: Role) -> faust.App:
         "broker_heartbeat_interval": max(settings.session_timeout_s / 10, 0.5),
         "consumer_auto_offset_reset": "earliest",
         "stream_buffer_maxsize": 8192,
-        # The sink holds messages unacknowledged until their file is uploaded.
-        "stream_wait_empty": role == "reorder",
+        "stream_wait_empty": True,
         "web_enabled": True,
     }
     if settings.static_member_id:
         options["consumer_group_instance_id"] = settings.static_member_id
-    app = faust.App(f"{settings.app_id}-{role}", **options)
+    app = faust.App(f"{settings.app_id}-reorder", **options)
     _add_web_pages(app)
-    if role == "reorder":
-        install_reorder(app, settings)
-    else:
-        install_sink(app, settings)
+    install_reorder(app, settings)
     return app
 
 
@@ -220,59 +212,5 @@ def install_reorder(app: faust.App, settings: Settings) -> ReorderAgent:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, app.consumer.highwater(tp) - position)
                 )
-
-    return agent
-
-
-def install_sink(app: faust.App, settings: Settings) -> SinkAgent:
-    """The events topic, the file ledger table, the sink agent and its sync timer."""
-    events = app.topic(
-        settings.topic_events,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.events_partitions,
-        internal=False,
-    )
-    ledgers = app.Table(
-        "ledgers",
-        partitions=settings.events_partitions,
-        key_type=bytes,
-        value_type=bytes,
-        recovery_buffer_size=10_000,
-        help="Files written per events partition and hour.",
-    )
-    store = open_store(
-        settings,
-        on_retry=lambda operation, _attempt, _error: metrics.S3_RETRIES.labels(operation).inc(),
-    )
-    agent = SinkAgent(
-        settings, store, PartitionedTable(ledgers), ack=lambda message: message.ack(app.consumer)
-    )
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        agent.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
-
-    @app.agent(events, name="sink", concurrency=1)
-    async def sink(stream: Any) -> None:
-        await process_batches(stream, agent.process, size=5_000, within=0.2)
-
-    exporter = DefinitionsExporter(settings, store)
-    definitions = install_definitions(app, settings)
-    definitions.listeners.append(exporter.on_record)
-
-    @app.timer(interval=settings.sink_flush_interval_s)
-    async def sync() -> None:
-        await agent.sync()
-        # One worker exports definitions: the one that owns events partition 0.
-        if app.consumer and any(
-            tp.topic == settings.topic_events and tp.partition == 0
-            for tp in app.consumer.assignment()
-        ):
-            await exporter.export()
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def close_store(sender: Any, **_: Any) -> None:
-        await store.close()
 
     return agent

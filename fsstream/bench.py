@@ -29,7 +29,7 @@ from fsstream.core.layout import events_prefix
 from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
 from fsstream.embedded import EmbeddedPipeline
 from fsstream.processes import settings_env
-from fsstream.produce import ViewBatch, group_batches, raw_event
+from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
 from fsstream.settings import Settings
 from fsstream.store import open_store
 from fsstream.topics import create_topics
@@ -96,28 +96,6 @@ def bench_batches(
     parsed = [raw_event(t.event, t.ingested_time) for t in generated][:events]
     batches = sorted(group_batches(parsed, per_record), key=lambda b: b.ingested_time)
     return batches, len(parsed)
-
-
-async def produce_values(settings: Settings, batches: list[ViewBatch]) -> None:
-    producer = kafka_clients.producer(settings, linger_ms=20, max_batch_size=1_048_576)
-    await producer.start()
-    try:
-        pending = []
-        for batch in batches:
-            pending.append(
-                await producer.send(
-                    settings.topic_raw,
-                    batch.encode(),
-                    key=batch.key.encode(),
-                    timestamp_ms=batch.ingested_time,
-                )
-            )
-            if len(pending) >= 5_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def floor_loop(settings: Settings, expected_events: int) -> dict[str, float]:
@@ -267,7 +245,7 @@ def run_mode(
     batches, produced = bench_batches(events, per_record, start_ms)
     result = ModeResult(mode, produced, len(batches))
     say(f"{mode}: producing {produced} events in {len(batches)} records")
-    asyncio.run(produce_values(settings, batches))
+    asyncio.run(produce_batches(settings, batches, linger_ms=20, max_batch_size=1_048_576))
     del batches
     say(f"{mode}: floor (bare consume + Avro decode)")
     floor, floor_rss = run_floor(settings, produced)

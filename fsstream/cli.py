@@ -51,13 +51,18 @@ def config(ctx: click.Context) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides FSSTREAM_DATA_DIR.")
 @click.pass_context
 def worker(ctx: click.Context, role: str, web_port: int | None, data_dir: Path | None) -> None:
-    """Run a faust worker of one role: reorder (raw → events) or sink (events → warehouse)."""
+    """Run a worker of one role: reorder (raw → events) or sink (events → warehouse)."""
+    settings = _settings(ctx, web_port=web_port, data_dir=data_dir)
+    if role == "sink":
+        from fsstream.sink.service import run_sink
+
+        run_sink(settings)
+        return
     import faust
 
     from fsstream.app import create_app
 
-    settings = _settings(ctx, web_port=web_port, data_dir=data_dir)
-    app = create_app(settings, role)  # type: ignore[arg-type]
+    app = create_app(settings)
     faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 

@@ -149,12 +149,14 @@ def group_batches(
     yield from open_batches.values()
 
 
-async def produce_batches(settings: Settings, batches: Iterable[ViewBatch]) -> tuple[int, int]:
+async def produce_batches(
+    settings: Settings, batches: Iterable[ViewBatch], **producer_options: Any
+) -> tuple[int, int]:
     """Send the batches keyed by view, timestamped with their ingested time.
 
     Returns (records, events) once every record is acknowledged.
     """
-    producer = kafka_clients.producer(settings)
+    producer = kafka_clients.producer(settings, **producer_options)
     await producer.start()
     records = events = 0
     pending: list[asyncio.Future[Any]] = []
@@ -171,6 +173,9 @@ async def produce_batches(settings: Settings, batches: Iterable[ViewBatch]) -> t
             )
             records += 1
             events += len(batch.events)
+            if len(pending) >= 5_000:
+                await asyncio.gather(*pending)
+                pending.clear()
         await asyncio.gather(*pending)
     finally:
         await producer.stop()

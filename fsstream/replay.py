@@ -12,35 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from fsstream import kafka_clients
-from fsstream.agents.sink import SinkAgent
 from fsstream.settings import Settings
-from fsstream.state import MemoryPartitions
+from fsstream.sink.agent import SinkAgent
+from fsstream.sink.ledger import MemoryLedgers
 from fsstream.store import open_store
-
-
-@dataclass(slots=True)
-class LogMessage:
-    """A consumed record, shaped like the faust messages the sink reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-    def incref(self) -> None:
-        """Nothing to acknowledge: a replay commits no offsets."""
-
-
-@dataclass(slots=True)
-class LogEvent:
-    """The event wrapper the sink's batch handler expects."""
-
-    message: LogMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +35,11 @@ async def replay(
     """Read the events topic to its current end and write every row into the warehouse."""
     store = open_store(settings)
     written = {"files": 0, "rows": 0}
-    sink = SinkAgent(settings, store, MemoryPartitions(), ack=lambda _message: None)
+    sink = SinkAgent(settings, store, MemoryLedgers(), ack=lambda _message: None)
     consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5000))
     records = tombstones = 0
     try:
-        topic = settings.topic_events
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = await kafka_clients.assign_from_beginning(consumer, settings.topic_events)
         starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         total = sum(ends[tp] - starts[tp] for tp in tps)
@@ -81,16 +50,9 @@ async def replay(
             fetched = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, messages in fetched.items():
                 for m in messages:
-                    if m.offset >= ends[tp]:
-                        continue
-                    batch.append(
-                        LogEvent(
-                            LogMessage(
-                                m.topic, m.partition, m.offset, m.key, m.value, list(m.headers)
-                            )
-                        )
-                    )
-                    tombstones += m.value is None
+                    if m.offset < ends[tp]:
+                        batch.append(m)
+                        tombstones += m.value is None
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

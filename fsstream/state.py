@@ -31,25 +31,6 @@ class PartitionStore(Protocol):
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]: ...
 
 
-class MemoryPartitions:
-    """A PartitionStore in memory, for one-shot jobs that keep no state between runs."""
-
-    def __init__(self) -> None:
-        self._data: dict[int, dict[bytes, bytes]] = {}
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self._data.get(partition, {}).get(key)
-
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self._data.setdefault(partition, {})[key] = value
-
-    def delete(self, partition: int, key: bytes) -> None:
-        self._data.get(partition, {}).pop(key, None)
-
-    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        yield from list(self._data.get(partition, {}).items())
-
-
 class PartitionedTable:
     """A PartitionStore on one faust table's RocksDB store and changelog."""
 

@@ -6,7 +6,7 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from fsstream import codec, kafka_clients
 from fsstream.settings import Settings
@@ -39,15 +39,7 @@ async def read_topic(
     """Every record of ``topic``; without ``follow``, stop at the end offsets seen at start."""
     consumer = await kafka_clients.start(kafka_clients.consumer(settings))
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # topic may be new to this client
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = await kafka_clients.assign_from_beginning(consumer, topic)
         ends = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         seen = 0

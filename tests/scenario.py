@@ -128,8 +128,11 @@ async def wait_for(settings: Settings, topic: str, done: Any, timeout: float = 1
         await asyncio.sleep(1.0)
 
 
-def traffic_day(seed: int, sessions: int, day_start_ms: int) -> tuple[list[View], list[RawRecord]]:
-    """A day of generated traffic, late events included: views and the raw records to send."""
+def traffic_day(
+    seed: int, sessions: int, day_start_ms: int, hours: int = 22
+) -> tuple[list[View], list[RawRecord]]:
+    """Generated traffic over most of a day (or ``hours``), late events included: its views
+    and the raw records to send, in ingestion order."""
     from fsstream import traffic
     from fsstream.produce import group_batches, raw_event
 
@@ -138,7 +141,7 @@ def traffic_day(seed: int, sessions: int, day_start_ms: int) -> tuple[list[View]
             seed=seed,
             sessions=sessions,
             start_ms=day_start_ms,
-            duration_ms=22 * 3_600_000,
+            duration_ms=hours * 3_600_000,
             late_fraction=0.03,
         ),
         key=lambda t: t.ingested_time,

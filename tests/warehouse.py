@@ -11,11 +11,64 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fsstream.core.layout import events_prefix
 from fsstream.settings import Settings
 from fsstream.store import open_store
+
+# The Data Direct events table (name, type, nullable); the documented deviation:
+# event_type is nullable, because nulled-out rows exist.
+REFERENCE_EVENTS = [
+    ("event_id", pa.string(), False),
+    ("event_time", pa.string(), True),
+    ("processed_time", pa.string(), False),
+    ("updated_time", pa.int64(), True),
+    ("device_id", pa.int64(), False),
+    ("session_id", pa.int64(), True),
+    ("view_id", pa.int64(), True),
+    ("event_type", pa.string(), True),
+    ("event_properties", pa.string(), False),
+    ("source_type", pa.string(), False),
+    ("source_properties", pa.string(), False),
+]
+DEFINITION_COLUMNS = [
+    "id",
+    "name",
+    "description",
+    "state",
+    "created_time",
+    "created_by",
+    "modified_time",
+    "modified_by",
+]
+PAGE_COLUMNS = [
+    "id",
+    "fs_link_id",
+    "name",
+    "description",
+    "is_user_defined",
+    "state",
+    "created_time",
+    "created_by",
+    "modified_time",
+    "modified_by",
+]
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """A bucket on the session's S3 server (moto takes any credentials)."""
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
+
 
 FILE_PATH = re.compile(
     r"^fullstory_(?P<org>[^/]+)/events/ingested_time=(?P<hour>\d{4}-\d\d-\d\d \d\d:00:00)/"

@@ -22,6 +22,7 @@ from fsstream.settings import Settings
 from fsstream.store import open_store
 from fsstream.topics import create_topics
 from tests.scenario import RawRecord, live, produce, read_all, wait_for
+from tests.warehouse import DEFINITION_COLUMNS, PAGE_COLUMNS
 
 SELECTOR = "body > div#app > main > div.card > button.add-to-cart"
 
@@ -244,30 +245,10 @@ async def test_definition_exports_are_incremental_with_the_seed_columns(
         assert key.removeprefix(prefix).split("/")[1].startswith("ingested_time=")
         table = pq.read_table(io.BytesIO(data))
         if kind == "page":
-            assert table.schema.names == [
-                "id",
-                "fs_link_id",
-                "name",
-                "description",
-                "is_user_defined",
-                "state",
-                "created_time",
-                "created_by",
-                "modified_time",
-                "modified_by",
-            ]
+            assert table.schema.names == PAGE_COLUMNS
             assert table.schema.field("is_user_defined").type == pa.bool_()
         else:
-            assert table.schema.names == [
-                "id",
-                "name",
-                "description",
-                "state",
-                "created_time",
-                "created_by",
-                "modified_time",
-                "modified_by",
-            ]
+            assert table.schema.names == DEFINITION_COLUMNS
         assert all(f.type == pa.string() for f in table.schema if f.name != "is_user_defined")
         rows_by_kind[kind] = table.to_pylist()
     # The first export is a full snapshot.

@@ -17,44 +17,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from fsstream import kafka_clients, traffic
-from fsstream.core.timefmt import MS_PER_HOUR, parse_rfc3339_us
+from fsstream import kafka_clients
+from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.localkafka import free_port
 from fsstream.processes import WorkerProcess
-from fsstream.produce import group_batches, raw_event
 from fsstream.settings import Settings
 from fsstream.topics import create_topics
 from tests.faulty_s3 import Fault, FaultyProxy
-from tests.scenario import RawRecord, View, expected_rows, produce, read_all, traffic_day
-from tests.warehouse import FILE_PATH, Warehouse, read_warehouse, wait_for_warehouse
+from tests.scenario import RawRecord, expected_rows, produce, read_all, traffic_day
+from tests.warehouse import FILE_PATH, Warehouse, create_bucket, read_warehouse, wait_for_warehouse
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
-
-
-def traffic_hours(seed: int, sessions: int, hours: int) -> tuple[list[View], list[RawRecord]]:
-    """Generated traffic from 2024-01-01 00:00 over a few hours, late events included:
-    its views and the raw records to send, in ingestion order."""
-    generated = sorted(
-        traffic.generate(
-            seed=seed,
-            sessions=sessions,
-            start_ms=DAY_START_MS,
-            duration_ms=hours * MS_PER_HOUR,
-            late_fraction=0.03,
-        ),
-        key=lambda t: t.ingested_time,
-    )
-    parsed = [raw_event(t.event, t.ingested_time) for t in generated]
-    views: dict[str, View] = {}
-    for key, _, event in parsed:
-        views.setdefault(key, View(key)).events.append(event)
-    records = [RawRecord(b.key, b.ingested_time, b.events) for b in group_batches(parsed, 20)]
-    records.sort(key=lambda r: r.timestamp_ms)
-    return list(views.values()), records
 
 
 class SinkS3:
@@ -119,13 +95,7 @@ def pipeline_settings(
     if s3_endpoint is None:
         settings = make_settings(warehouse_url=f"file://{tmp_path / 'lake'}", **common)
     else:
-        boto3.client(
-            "s3",
-            endpoint_url=s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        ).create_bucket(Bucket=bucket)
+        create_bucket(s3_endpoint, bucket)
         settings = make_settings(
             warehouse_url=f"s3://{bucket}/lake",
             s3_endpoint_url=s3_endpoint,
@@ -254,7 +224,7 @@ async def test_sink_killed_during_uploads_and_before_commits_loses_and_duplicate
         session_timeout_s=10.0,
     )
     await create_topics(settings)
-    views, records = traffic_hours(seed=8, sessions=40, hours=3)
+    views, records = traffic_day(seed=8, sessions=40, day_start_ms=DAY_START_MS, hours=3)
     expected = set(expected_rows(views))
     # Kill while an upload is held before reaching S3 (it lands after the death), while
     # S3 has stored the object but the sink has no answer yet, right after an upload
@@ -318,7 +288,7 @@ async def test_s3_outage_pauses_the_sink_which_then_catches_up_with_nothing_lost
         make_settings, s3_endpoint, f"lake-{unique}", tmp_path, s3_endpoint_url=proxy_url
     )
     await create_topics(settings)
-    views, records = traffic_hours(seed=9, sessions=30, hours=3)
+    views, records = traffic_day(seed=9, sessions=30, day_start_ms=DAY_START_MS, hours=3)
     expected = set(expected_rows(views))
     first, during, after = chunked(records, 3)
     with (

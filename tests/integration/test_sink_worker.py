@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,24 +19,16 @@ from fsstream.processes import WorkerProcess
 from fsstream.settings import Settings
 from fsstream.topics import create_topics
 from tests.scenario import expected_rows, live, produce, read_all, traffic_day
-from tests.warehouse import FILE_PATH, Warehouse, wait_for_warehouse
+from tests.warehouse import (
+    FILE_PATH,
+    REFERENCE_EVENTS,
+    Warehouse,
+    create_bucket,
+    wait_for_warehouse,
+)
 
 DAY = "2024-01-01"
 DAY_START_MS = parse_rfc3339_us(f"{DAY}T00:00:00Z") // 1000
-
-REFERENCE_SCHEMA = [
-    ("event_id", pa.string(), False),
-    ("event_time", pa.string(), True),
-    ("processed_time", pa.string(), False),
-    ("updated_time", pa.int64(), True),
-    ("device_id", pa.int64(), False),
-    ("session_id", pa.int64(), True),
-    ("view_id", pa.int64(), True),
-    ("event_type", pa.string(), True),  # the documented deviation: nulled rows exist
-    ("event_properties", pa.string(), False),
-    ("source_type", pa.string(), False),
-    ("source_properties", pa.string(), False),
-]
 
 
 def warehouse_settings(
@@ -57,15 +48,7 @@ def warehouse_settings(
         **extra,
     )
     if kind == "s3":
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=s3,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        ).create_bucket(Bucket=bucket)
+        create_bucket(s3, bucket)
         return make_settings(
             warehouse_url=f"s3://{bucket}/lake",
             s3_endpoint_url=s3,
@@ -144,7 +127,7 @@ async def test_a_day_of_traffic_lands_in_the_data_direct_layout(
         assert match["org"] == "o-test" and match["topic"] == settings.topic_events
         parquet = pq.ParquetFile(io.BytesIO(data))
         schema = parquet.schema_arrow
-        assert [(f.name, f.type, f.nullable) for f in schema] == REFERENCE_SCHEMA
+        assert [(f.name, f.type, f.nullable) for f in schema] == REFERENCE_EVENTS
         assert "ingested_time" not in schema.names
         for group in range(parquet.metadata.num_row_groups):
             for column in range(parquet.metadata.num_columns):

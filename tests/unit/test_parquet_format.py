@@ -24,43 +24,8 @@ from fsstream.sink.parquet_format import (
     serialize_events,
 )
 from fsstream.traffic import generate
+from tests.warehouse import DEFINITION_COLUMNS, PAGE_COLUMNS, REFERENCE_EVENTS
 
-# The Data Direct events table (name, type, nullable), event_type made nullable.
-REFERENCE_EVENTS = [
-    ("event_id", pa.string(), False),
-    ("event_time", pa.string(), True),
-    ("processed_time", pa.string(), False),
-    ("updated_time", pa.int64(), True),
-    ("device_id", pa.int64(), False),
-    ("session_id", pa.int64(), True),
-    ("view_id", pa.int64(), True),
-    ("event_type", pa.string(), True),
-    ("event_properties", pa.string(), False),
-    ("source_type", pa.string(), False),
-    ("source_properties", pa.string(), False),
-]
-DEFINITION_COLUMNS = [
-    "id",
-    "name",
-    "description",
-    "state",
-    "created_time",
-    "created_by",
-    "modified_time",
-    "modified_by",
-]
-PAGE_COLUMNS = [
-    "id",
-    "fs_link_id",
-    "name",
-    "description",
-    "is_user_defined",
-    "state",
-    "created_time",
-    "created_by",
-    "modified_time",
-    "modified_by",
-]
 T0_MS = 1_704_070_800_000  # 2024-01-01 01:00:00 UTC
 
 

@@ -1,9 +1,9 @@
 """The sink's logic without a broker: buffers, budgets, tombstones, restarts and seals.
 
-``SinkAgent`` is driven directly with messages shaped like faust's, a local store, an
+``SinkAgent`` is driven directly with records shaped like aiokafka's, a local store, an
 in-memory ledger and a recording ``ack``. A restart is a new agent over the same store
-and ledger, given the messages again from the offset Kafka would have committed: the
-consumer commits past the first acknowledged offset, so the sink must acknowledge each
+and ledger, given the messages again from the offset Kafka would have committed: a
+committed offset stands for everything before it, so the sink must acknowledge each
 partition's messages in offset order, which every test checks.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,12 @@ import orjson
 import pytest
 
 from fsstream import codec
-from fsstream.agents.sink import HourBuffer, SinkAgent
 from fsstream.core.layout import event_file_key, manifest_key, seal_marker_key
 from fsstream.core.timefmt import MS_PER_HOUR, format_event_time, parse_rfc3339_us
-from fsstream.replay import LogEvent, LogMessage
 from fsstream.settings import Settings
+from fsstream.sink.agent import HourBuffer, SinkAgent
+from fsstream.sink.ledger import MemoryLedgers
 from fsstream.sink.parquet_format import read_events
-from fsstream.state import MemoryPartitions
 from fsstream.store import LocalStore
 
 ORG = "o-unit"
@@ -34,6 +34,18 @@ H0 = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
 H1 = H0 + MS_PER_HOUR
 H2 = H0 + 2 * MS_PER_HOUR
 VIEW = (7, 8, 9)
+
+
+@dataclass(slots=True)
+class LogMessage:
+    """A consumed events-topic record, shaped like aiokafka's."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
 
 
 def event_time(event_id: str) -> str:
@@ -131,7 +143,7 @@ class Harness:
         self.settings = Settings(**(values | overrides))
         self.root = root / "warehouse"
         self.store = GatedStore(self.root)
-        self.ledgers = MemoryPartitions()
+        self.ledgers = MemoryLedgers()
         self.clock = Clock(H0 + 30 * 60_000)  # half past, so hour 0 is not due to seal
         self.acked: list[LogMessage] = []
         self.next_ack: dict[int, int] = {}
@@ -155,7 +167,7 @@ class Harness:
     async def send(self, *messages: LogMessage) -> None:
         for m in messages:
             self.next_ack.setdefault(m.partition, m.offset)
-        await self.agent.process([LogEvent(m) for m in messages])
+        await self.agent.process(messages)
 
     def acked_offsets(self, partition: int = 0) -> list[int]:
         return sorted(m.offset for m in self.acked if m.partition == partition)
@@ -345,12 +357,12 @@ async def test_messages_are_acknowledged_only_once_their_file_is_uploaded(sink: 
     await asyncio.wait_for(sink.store.entered.wait(), 5)
     await asyncio.sleep(0.05)
     assert sink.acked == [] and sink.parquet_keys() == []
-    assert list(sink.ledgers.items(0)) == []
+    assert await sink.ledgers.load(0) == {}
     sink.store.gate.set()
     await syncing
     assert sink.acked_offsets() == [0, 1]
     assert sink.parquet_keys() == [file_key(H0, 0, 0)]
-    assert [key for key, _ in sink.ledgers.items(0)] == [str(H0).encode()]
+    assert list(await sink.ledgers.load(0)) == [H0]
 
 
 async def test_a_failed_upload_acknowledges_nothing(sink: Harness) -> None:
@@ -362,7 +374,7 @@ async def test_a_failed_upload_acknowledges_nothing(sink: Harness) -> None:
     with pytest.raises(OSError):
         await sink.agent.sync()
     assert sink.acked == []
-    assert list(sink.ledgers.items(0)) == []
+    assert await sink.ledgers.load(0) == {}
 
 
 # -- tombstones ------------------------------------------------------------------------------
@@ -479,7 +491,7 @@ async def test_a_restart_after_uploading_but_before_recording_rewrites_the_same_
     stream = [row(0, n, f"e{n}", H0) for n in range(4)]
     await sink.send(*stream[:3])
     await sink.agent.sync()
-    sink.ledgers.delete(0, str(H0).encode())  # the upload went through, the record did not
+    await sink.ledgers.forget(0, H0)  # the upload went through, the record did not
     sink.restart()
     await sink.send(*stream)
     await sink.agent.sync()
@@ -502,7 +514,7 @@ async def test_an_unrecorded_file_whose_first_row_is_superseded_on_replay_is_not
     ]
     await sink.send(*stream[:3])
     await sink.agent.sync()
-    sink.ledgers.delete(0, str(H0).encode())
+    await sink.ledgers.forget(0, H0)
     sink.restart()
     await sink.send(*stream)
     await sink.agent.sync()
@@ -525,8 +537,8 @@ async def test_an_unrecorded_file_after_a_dropped_first_row_is_not_kept(sink: Ha
     assert file_key(H0, 0, 2) in sink.parquet_keys()
     # Crash after uploading the hour 0 file: neither file is recorded, the hour 1 one
     # is not uploaded, so nothing was committed.
-    sink.ledgers.delete(0, str(H0).encode())
-    sink.ledgers.delete(0, str(H1).encode())
+    await sink.ledgers.forget(0, H0)
+    await sink.ledgers.forget(0, H1)
     (sink.root / file_key(H1, 0, 0)).unlink()
     sink.restart()
     await sink.send(*stream[:4])
@@ -715,7 +727,7 @@ async def test_a_row_for_an_hour_sealed_long_ago_keeps_its_files_in_the_manifest
     await sink.agent.sync()
     await sink.send(row(0, 2, "new", H0 + 5 * MS_PER_HOUR))
     await sink.agent.sync()
-    assert str(H0).encode() not in dict(sink.ledgers.items(0))
+    assert H0 not in await sink.ledgers.load(0)
     await sink.send(row(0, 3, "late", H0 + 10))
     await sink.agent.sync()
     manifest = sink.json(manifest_key(ORG, H0))

@@ -1,10 +1,10 @@
-"""The sink agent: the events topic → hourly parquet files, exactly once in effect.
+"""The sink's logic: the events topic → hourly parquet files, exactly once in effect.
 
 Rows are buffered per (events partition, hour) and written to deterministic object
 names (topic, partition, first offset). A message is acknowledged, so its offset can
 be committed, only once the file holding its row is uploaded and recorded in the
-partition's ledger (a changelog-backed table), and only after every message before it
-(the consumer commits past the first acknowledged offset it has, whatever came before).
+partition's ledger (``ledger.py``), and only after every message before it (a committed
+offset stands for everything before it).
 After a crash, rows already in a recorded file are skipped, and a file uploaded but not
 recorded is written again at the same name, or deleted if the rows read again start at
 another offset: no row is lost and none is duplicated.
@@ -43,13 +43,13 @@ from fsstream.core.timefmt import (
     parse_rfc3339_us,
 )
 from fsstream.settings import Settings
+from fsstream.sink.ledger import FileRecord, HourLedger, Ledgers
 from fsstream.sink.parquet_format import (
     EVENTS_SCHEMA,
     nullify,
     read_event_columns,
     serialize_events,
 )
-from fsstream.state import PartitionStore
 from fsstream.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -57,40 +57,6 @@ log = logging.getLogger(__name__)
 COLUMNS = [f.name for f in EVENTS_SCHEMA]
 NULL_ROW_BYTES = 200
 """What a row without a value (a NULL row, a tombstone) counts towards the byte budget."""
-
-
-@dataclass(slots=True)
-class FileRecord:
-    """A file written for one hour of one events partition, and the offsets it covers."""
-
-    name: str
-    first: int
-    last: int
-    rows: int
-
-
-@dataclass(slots=True)
-class HourLedger:
-    """What one events partition has written into one hour, and whether it sealed it."""
-
-    files: list[FileRecord] = field(default_factory=list)
-    sealed: bool = False
-
-    def covers(self, offset: int) -> bool:
-        return any(f.first <= offset <= f.last for f in self.files)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "files": [[f.name, f.first, f.last, f.rows] for f in self.files],
-                "sealed": self.sealed,
-            }
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> HourLedger:
-        raw = orjson.loads(data)
-        return cls([FileRecord(*f) for f in raw["files"]], raw["sealed"])
 
 
 @dataclass(slots=True)
@@ -156,13 +122,13 @@ class PartitionSink:
 
 
 class SinkAgent:
-    """State and logic behind the faust agent on the events topic."""
+    """Buffers, files and ledgers of the events partitions one sink worker owns."""
 
     def __init__(
         self,
         settings: Settings,
         store: ObjectStore,
-        ledgers: PartitionStore,
+        ledgers: Ledgers,
         ack: Callable[[Any], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -181,11 +147,10 @@ class SinkAgent:
 
     # -- partitions -----------------------------------------------------------------
 
-    def partition(self, number: int, offset: int) -> PartitionSink:
-        sink = self.partitions.get(number)
-        if sink is None:
-            ledgers = {int(k): HourLedger.decode(v) for k, v in self.ledgers.items(number)}
-            sink = self.partitions[number] = PartitionSink(number, ledgers, offset)
+    async def _open(self, number: int, offset: int) -> PartitionSink:
+        """Start on a partition at ``offset``, the first one read since it was assigned."""
+        ledgers = await self.ledgers.load(number)
+        sink = self.partitions[number] = PartitionSink(number, ledgers, offset)
         return sink
 
     def revoke(self, numbers: set[int]) -> None:
@@ -205,14 +170,17 @@ class SinkAgent:
 
     # -- incoming -------------------------------------------------------------------
 
-    async def process(self, events: Sequence[Any]) -> None:
+    async def process(self, messages: Sequence[Any]) -> None:
         """Buffer rows and apply tombstones; write buffers as soon as a budget is exceeded,
-        so neither a file nor the memory held ever goes past its budget by more than a row."""
+        so neither a file nor the memory held ever goes past its budget by more than a row.
+
+        ``messages`` are consumer records of the events topic, in offset order per partition.
+        """
         async with self.lock:
-            for event in events:
-                message = event.message
-                message.incref()  # acknowledged by us once durable, not by the stream
-                sink = self.partition(message.partition, message.offset)
+            for message in messages:
+                sink = self.partitions.get(message.partition)
+                if sink is None:
+                    sink = await self._open(message.partition, message.offset)
                 sink.unacked.append(message)
                 if message.value is None:
                     buffer = await self._tombstone(sink, message)
@@ -356,7 +324,7 @@ class SinkAgent:
             ledger = sink.ledgers.setdefault(hour, HourLedger())
             ledger.files.append(FileRecord(name, offsets[0], offsets[-1], len(offsets)))
             resealed, ledger.sealed = ledger.sealed, False  # until the manifest lists it
-            self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
+            await self.ledgers.save(sink.number, hour, ledger)
             self._file_ids[name] = set(columns["event_id"])
             metrics.FILES_WRITTEN.inc()
             metrics.ROWS_WRITTEN.inc(len(offsets))
@@ -454,7 +422,7 @@ class SinkAgent:
                     continue
                 await self._seal(sink, hour, ledger)
                 oldest_due = due if oldest_due is None else min(oldest_due, due)
-            self._prune(sink)
+            await self._prune(sink)
         unsealed = [
             hour + MS_PER_HOUR + lateness_ms
             for sink in self.partitions.values()
@@ -486,10 +454,10 @@ class SinkAgent:
         await write_manifest(self.store, org, hour)
         if not ledger.sealed:  # only now: a crash before seals again after the restart
             ledger.sealed = True
-            self.ledgers.put(sink.number, str(hour).encode(), ledger.encode())
+            await self.ledgers.save(sink.number, hour, ledger)
             metrics.PARTITIONS_SEALED.inc()
 
-    def _prune(self, sink: PartitionSink) -> None:
+    async def _prune(self, sink: PartitionSink) -> None:
         """Forget sealed hours no tombstone can reach any more.
 
         A row is superseded by a batch ingested at most a view TTL after it, so hours
@@ -498,7 +466,7 @@ class SinkAgent:
         horizon = sink.newest_ms - int(self.settings.view_ttl_s * 1000) - 2 * MS_PER_HOUR
         for hour in [h for h, ledger in sink.ledgers.items() if ledger.sealed and h < horizon]:
             del sink.ledgers[hour]
-            self.ledgers.delete(sink.number, str(hour).encode())
+            await self.ledgers.forget(sink.number, hour)
 
     def _observe(self) -> None:
         rows, size = self.buffered

@@ -1,0 +1,30 @@
+"""``fsstream bench`` at a tiny size: it runs both input shapes end to end and reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_measures_both_shapes_end_to_end(tmp_path: Path) -> None:
+    workdir = tmp_path / "bench"
+    command = [
+        *(sys.executable, "-m", "fsstream", "bench", "--events", "600", "--rate", "200"),
+        *("--live-seconds", "3", "--workdir", str(workdir)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["mode"]: r for r in json.loads((workdir / "bench.json").read_text())}
+    assert set(results) == {"batched", "single"}
+    assert results["batched"]["records"] < results["single"]["records"]
+    for mode, r in results.items():
+        assert r["events"] == 600, mode
+        assert r["events_per_s"] > 0 and r["cpu_s_per_million"] > 0, mode
+        assert {p["name"] for p in r["processes"]} == {"reorder", "sink"}, mode
+        assert all(p["peak_rss_mib"] > 0 for p in r["processes"]), mode
+        assert 0 < r["p50_latency_s"] <= r["p99_latency_s"], mode
+        assert 5 < r["parquet_bytes_per_event"] < 1_000, mode
+        assert r["floor_events_per_s"] > 0, mode
+        assert f"== {mode}: 600 events" in done.stdout
