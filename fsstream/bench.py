@@ -9,7 +9,10 @@ One run starts a local broker and a local S3 server, then for each input shape
 3. runs the reorder and sink workers over the backlog until every row is in a sealed
    parquet partition on S3, and reads their CPU time and peak RSS from /proc;
 4. produces a live stream at a fixed rate and measures, for each row, the time from
-   its raw record to its publication on the events topic.
+   its raw record to its publication on the events topic;
+5. times the pure core in this process, without Kafka: decoding and checking the raw
+   records, ordering them with the ``Reorderer``, and enriching them (50 element, 20
+   page and 20 event definitions, one matcher per raw record).
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class ModeResult:
     floor_events_per_s: float = 0.0
     floor_cpu_s_per_million: float = 0.0
     floor_peak_rss_mib: float = 0.0
+    core_check_us_per_event: float = 0.0
+    core_reorder_events_per_s: float = 0.0
+    core_enrich_us_per_event: float = 0.0
 
 
 def bench_batches(
@@ -100,18 +106,12 @@ def bench_batches(
 
 async def floor_loop(settings: Settings, expected_events: int) -> dict[str, float]:
     """Consume the raw topic and decode every record: the cost no pipeline can beat."""
-    from aiokafka import TopicPartition
-
     consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5_000))
     started = time.monotonic()
     cpu_started = time.process_time()
     events = 0
     try:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
-        tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await kafka_clients.assign_from_beginning(consumer, settings.topic_raw)
         while events < expected_events:
             for records in (await consumer.getmany(timeout_ms=1_000)).values():
                 for record in records:
@@ -187,13 +187,7 @@ async def live_latency(settings: Settings, rate: int, seconds: int) -> list[floa
     delays: list[float] = []
     consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5_000))
     try:
-        from aiokafka import TopicPartition
-
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(settings.topic_events) or set()
-        tps = [TopicPartition(settings.topic_events, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = await kafka_clients.assign_from_beginning(consumer, settings.topic_events)
         ends = await consumer.end_offsets(tps)
         seen: set[bytes] = set()
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
@@ -208,6 +202,58 @@ async def live_latency(settings: Settings, rate: int, seconds: int) -> list[floa
     finally:
         await consumer.stop()
     return delays
+
+
+def time_core(settings: Settings, batches: list[ViewBatch], per_record: int) -> dict[str, float]:
+    """The pure core's cost, in this process: µs per event to decode and check raw records,
+    events/s through the Reorderer, and µs per event to enrich."""
+    import random
+
+    from fsstream.core.enrich import bench as enrich_bench
+    from fsstream.core.raw import Limits, check_batch
+    from fsstream.core.reorder import Arrival, DictViewStore, Reorderer
+
+    values = [(b.key, b.encode(), b.ingested_time) for b in batches]
+    limits = Limits(
+        max_age_ms=int(settings.max_event_age_s * 1000),
+        max_skew_ms=int(settings.max_clock_skew_s * 1000),
+    )
+    started = time.perf_counter()
+    records = [
+        check_batch(codec.decode(value, expected=codec.RAW_EVENT_BATCH), key, ts, limits)
+        for key, value, ts in values
+    ]
+    check_s = time.perf_counter() - started
+    events = sum(len(raw_events) for _, raw_events in records)
+    reorderer = Reorderer(
+        DictViewStore(),
+        grace_ms=int(settings.reorder_grace_s * 1000),
+        ttl_ms=int(settings.view_ttl_s * 1000),
+    )
+    started = time.perf_counter()
+    for offset, ((view_key, raw_events), (_, _, ts)) in enumerate(
+        zip(records, values, strict=True)
+    ):
+        arrivals = [
+            Arrival(e.time_us, e.fp, i, e.event_type == "identify")
+            for i, e in enumerate(raw_events)
+        ]
+        reorderer.on_record(view_key, arrivals, offset=offset, record_ts_ms=ts, ingested_ms=ts)
+    reorderer.advance(2**62)
+    reorder_s = time.perf_counter() - started
+    rng = random.Random(7)
+    sample = enrich_bench.encoded(
+        enrich_bench.events(rng, enrich_bench.workload(rng), min(events, 100_000))
+    )
+    catalog = enrich_bench.benchmark_catalog()
+    enrich_bench.run_enrichment(catalog, sample, per_record)  # warm the caches
+    enrich_s = enrich_bench.run_enrichment(catalog, sample, per_record)
+    enrich_s -= enrich_bench.run_enrichment(None, sample, per_record)  # JSON parsing
+    return {
+        "check_us": check_s / events * 1e6,
+        "reorder_per_s": events / reorder_s,
+        "enrich_us": max(enrich_s, 0.0) / len(sample) * 1e6,
+    }
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -246,6 +292,11 @@ def run_mode(
     result = ModeResult(mode, produced, len(batches))
     say(f"{mode}: producing {produced} events in {len(batches)} records")
     asyncio.run(produce_batches(settings, batches, linger_ms=20, max_batch_size=1_048_576))
+    say(f"{mode}: the pure core in this process")
+    core = time_core(settings, batches, per_record)
+    result.core_check_us_per_event = core["check_us"]
+    result.core_reorder_events_per_s = core["reorder_per_s"]
+    result.core_enrich_us_per_event = core["enrich_us"]
     del batches
     say(f"{mode}: floor (bare consume + Avro decode)")
     floor, floor_rss = run_floor(settings, produced)
@@ -313,6 +364,9 @@ def report(results: list[ModeResult]) -> str:
             f"peak RSS {r.floor_peak_rss_mib:6.1f} MiB",
             f"  pipeline / floor CPU: "
             f"{r.cpu_s_per_million / max(r.floor_cpu_s_per_million, 1e-9):5.1f}x",
+            f"  pure core, no Kafka: decode + check {r.core_check_us_per_event:5.1f} µs/event,"
+            f" Reorderer {r.core_reorder_events_per_s:8.0f} events/s,"
+            f" enrichment {r.core_enrich_us_per_event:5.1f} µs/event",
         ]
     return "\n".join(lines)
 

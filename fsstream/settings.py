@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     seal_check_interval_s: float = Field(30.0, gt=0)
     view_cache_size: int = Field(50_000, gt=0, description="View states kept decoded in memory.")
     raw_cache_bytes: int = Field(
-        128 * 1024 * 1024, gt=0, description="Recent raw records kept for building rows."
+        128 * 1024 * 1024,
+        gt=0,
+        description="Memory for recent decoded raw records, kept for building rows.",
     )
 
     # Data Export bundles and the v1 export API.

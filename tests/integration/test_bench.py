@@ -27,4 +27,6 @@ def test_bench_measures_both_shapes_end_to_end(tmp_path: Path) -> None:
         assert 0 < r["p50_latency_s"] <= r["p99_latency_s"], mode
         assert 5 < r["parquet_bytes_per_event"] < 1_000, mode
         assert r["floor_events_per_s"] > 0, mode
+        assert r["core_check_us_per_event"] > 0 and r["core_reorder_events_per_s"] > 0, mode
+        assert r["core_enrich_us_per_event"] > 0, mode
         assert f"== {mode}: 600 events" in done.stdout

@@ -336,7 +336,9 @@ def encoded(batch: list[EventTuple]) -> list[tuple[str, bytes, bytes]]:
     return [(t, orjson.dumps(props), orjson.dumps(source)) for t, props, source in batch]
 
 
-def _run(catalog: Catalog | None, batch: list[tuple[str, bytes, bytes]], per_record: int) -> float:
+def run_enrichment(
+    catalog: Catalog | None, batch: list[tuple[str, bytes, bytes]], per_record: int
+) -> float:
     """Seconds to parse and (unless ``catalog`` is None) enrich every event."""
     loads = orjson.loads
     start = time.perf_counter()
@@ -361,9 +363,11 @@ def main() -> None:
     cold_batch = encoded(events(rng, load, args.events))
     warm_batch = encoded(events(rng, load, args.events))
     n = args.events
-    parse = min(_run(None, batch, 20) for batch in (cold_batch, warm_batch) for _ in range(3))
-    cold = min(_run(benchmark_catalog(), cold_batch, 20) for _ in range(3)) - parse
-    warm = min(_run(catalog, warm_batch, 20) for _ in range(4)) - parse
+    parse = min(
+        run_enrichment(None, batch, 20) for batch in (cold_batch, warm_batch) for _ in range(3)
+    )
+    cold = min(run_enrichment(benchmark_catalog(), cold_batch, 20) for _ in range(3)) - parse
+    warm = min(run_enrichment(catalog, warm_batch, 20) for _ in range(4)) - parse
     print(f"{len(load.selectors)} distinct selectors, {len(load.urls)} distinct URLs")
     print(f"JSON parsing alone (not counted): {parse / n * 1e6:.2f} us/event")
     print(f"enrichment, cold caches: {cold / n * 1e6:.2f} us/event")
