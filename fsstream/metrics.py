@@ -69,6 +69,11 @@ BUFFERED_ROWS = Gauge(
 BUFFERED_BYTES = Gauge(
     "fsstream_sink_buffered_bytes", "Approximate bytes buffered by the sink.", registry=REGISTRY
 )
+BUFFERED_BYTES_PEAK = Gauge(
+    "fsstream_sink_buffered_bytes_peak",
+    "The most bytes the sink has buffered at once since it started.",
+    registry=REGISTRY,
+)
 FILES_WRITTEN = Counter("fsstream_sink_files_written", "Parquet files written.", registry=REGISTRY)
 FILES_RECREATED = Counter(
     "fsstream_sink_files_recreated", "Parquet files recreated for tombstones.", registry=REGISTRY

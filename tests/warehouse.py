@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,36 @@ def create_bucket(endpoint: str, bucket: str) -> None:
         aws_access_key_id="test",
         aws_secret_access_key="test",
     ).create_bucket(Bucket=bucket)
+
+
+def warehouse_settings(
+    kind: str,
+    make_settings: Callable[..., Settings],
+    s3: str | None,
+    bucket: str,
+    tmp_path: Path,
+    **extra: Any,
+) -> Settings:
+    """Settings for a pipeline test whose warehouse is a bucket on the S3 server
+    (``kind`` "s3") or a local directory, with short intervals and no lateness."""
+    common: dict[str, Any] = dict(
+        reorder_grace_s=1.0,
+        sink_flush_interval_s=1.0,
+        allowed_lateness_s=0,
+        raw_retention_s=10 * 365 * 86_400.0,
+        org_id="o-test",
+        **extra,
+    )
+    if kind == "s3":
+        create_bucket(s3, bucket)
+        return make_settings(
+            warehouse_url=f"s3://{bucket}/lake",
+            s3_endpoint_url=s3,
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            **common,
+        )
+    return make_settings(warehouse_url=f"file://{tmp_path / 'lake'}", **common)
 
 
 FILE_PATH = re.compile(

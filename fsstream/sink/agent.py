@@ -143,6 +143,7 @@ class SinkAgent:
         self._file_ids: dict[str, set[str]] = {}
         self._size = 0  # bytes in buffers
         self._held = 0  # bytes of durable messages waiting for an earlier one to be acknowledged
+        self.peak_bytes = 0  # the most buffered and held at once, budget checks included
         self.prefix_topic = settings.topic_events
 
     # -- partitions -----------------------------------------------------------------
@@ -186,9 +187,12 @@ class SinkAgent:
                     buffer = await self._tombstone(sink, message)
                 else:
                     buffer = self._row(sink, message)
+                held = self._size + self._held
+                if held > self.peak_bytes:
+                    self.peak_bytes = held
                 if (
                     buffer is not None and buffer.rows >= self.settings.sink_max_rows
-                ) or self._size + self._held > self.settings.sink_max_bytes:
+                ) or held > self.settings.sink_max_bytes:
                     for target in self._over_budget():
                         await self._flush(*target)
                     if self._size + self._held > self.settings.sink_max_bytes:
@@ -472,6 +476,7 @@ class SinkAgent:
         rows, size = self.buffered
         metrics.BUFFERED_ROWS.set(rows)
         metrics.BUFFERED_BYTES.set(size)
+        metrics.BUFFERED_BYTES_PEAK.set(self.peak_bytes)
 
 
 def _seconds(event_time: str) -> float:

@@ -24,9 +24,9 @@ from fsstream.processes import WorkerProcess, settings_env
 from fsstream.settings import Settings
 from fsstream.store import open_store
 from fsstream.topics import create_topics
-from tests.integration.test_sink_worker import complete, warehouse_settings
+from tests.integration.test_sink_worker import complete
 from tests.scenario import expected_rows, produce, traffic_day
-from tests.warehouse import wait_for_warehouse
+from tests.warehouse import wait_for_warehouse, warehouse_settings
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
 PERIOD_MS = 6 * HOUR_MS

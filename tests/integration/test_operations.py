@@ -147,6 +147,7 @@ async def test_health_and_metrics_endpoints_serve_the_documented_names(
     for family, kind in (
         ("fsstream_sink_buffered_rows", "gauge"),
         ("fsstream_sink_buffered_bytes", "gauge"),
+        ("fsstream_sink_buffered_bytes_peak", "gauge"),
         ("fsstream_sink_files_written", "counter"),
         ("fsstream_sink_files_recreated", "counter"),
         ("fsstream_sink_rows_written", "counter"),

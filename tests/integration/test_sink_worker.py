@@ -6,7 +6,6 @@ import io
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
@@ -23,40 +22,12 @@ from tests.warehouse import (
     FILE_PATH,
     REFERENCE_EVENTS,
     Warehouse,
-    create_bucket,
     wait_for_warehouse,
+    warehouse_settings,
 )
 
 DAY = "2024-01-01"
 DAY_START_MS = parse_rfc3339_us(f"{DAY}T00:00:00Z") // 1000
-
-
-def warehouse_settings(
-    kind: str,
-    make_settings: Callable[..., Settings],
-    s3: str | None,
-    bucket: str,
-    tmp_path: Path,
-    **extra: Any,
-) -> Settings:
-    common: dict[str, Any] = dict(
-        reorder_grace_s=1.0,
-        sink_flush_interval_s=1.0,
-        allowed_lateness_s=0,
-        raw_retention_s=10 * 365 * 86_400.0,
-        org_id="o-test",
-        **extra,
-    )
-    if kind == "s3":
-        create_bucket(s3, bucket)
-        return make_settings(
-            warehouse_url=f"s3://{bucket}/lake",
-            s3_endpoint_url=s3,
-            s3_access_key_id="test",
-            s3_secret_access_key="test",
-            **common,
-        )
-    return make_settings(warehouse_url=f"file://{tmp_path / 'lake'}", **common)
 
 
 def complete(expected: set[str]) -> Callable[[Warehouse], bool]:
