@@ -14,8 +14,7 @@ from fsstream import codec, kafka_clients
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.settings import Settings
-
-VIEW_HEADER = "fs-view"
+from fsstream.wire import VIEW_HEADER
 
 
 class NdjsonError(ValueError):

@@ -27,13 +27,6 @@ from typing import Any
 import orjson
 
 from fsstream import codec, metrics
-from fsstream.agents.reorder import (
-    ROW_EVENT_TIME_HEADER,
-    ROW_INGESTED_HEADER,
-    SUPERSEDED_BY_HEADER,
-    VIEW_HEADER,
-    headers_of,
-)
 from fsstream.core.layout import event_file_key, hour_of, manifest_key, seal_marker_key
 from fsstream.core.layout import hour_prefix as layout_hour_prefix
 from fsstream.core.timefmt import (
@@ -51,6 +44,13 @@ from fsstream.sink.parquet_format import (
     serialize_events,
 )
 from fsstream.store import ObjectStore
+from fsstream.wire import (
+    ROW_EVENT_TIME_HEADER,
+    ROW_INGESTED_HEADER,
+    SUPERSEDED_BY_HEADER,
+    VIEW_HEADER,
+    headers_of,
+)
 
 log = logging.getLogger(__name__)
 

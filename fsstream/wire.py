@@ -1,0 +1,42 @@
+"""The wire contract the workers share: record header names and their helpers.
+
+Neither worker owns it: the reorder worker writes these headers, the sink, replay,
+tail and export read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VIEW_HEADER = "fs-view"
+"""Every produced record: the view key ``device:session:view``."""
+HEARTBEAT_HEADER = "fs-heartbeat"
+"""A raw-topic record the reorder worker appends to a quiet partition to move stream time."""
+ROW_INGESTED_HEADER = "fs-ingested"
+"""Tombstones: the superseded row's ``ingested_time`` (ms), which places it in the warehouse."""
+ROW_EVENT_TIME_HEADER = "fs-event-time"
+"""Tombstones: the superseded row's ``event_time``."""
+SUPERSEDED_BY_HEADER = "fs-superseded-at"
+"""Tombstones: the ``ingested_time`` (ms) of the batch whose late event superseded the row."""
+ERROR_HEADER = "fs-error"
+"""DLQ records: ``Class: message``."""
+SOURCE_HEADER = "fs-source"
+"""DLQ records: ``topic/partition/offset`` of the original record."""
+
+Headers = list[tuple[str, bytes]]
+
+
+def headers_of(message: Any) -> Headers:
+    """A consumer record's headers as a list of (name, value), whatever the client gave."""
+    headers = message.headers or []
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers)
+
+
+def header(message: Any, name: str) -> bytes | None:
+    """The first value of header ``name``, or None."""
+    for key, value in headers_of(message):
+        if key == name:
+            return bytes(value)
+    return None
