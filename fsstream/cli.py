@@ -58,12 +58,9 @@ def worker(ctx: click.Context, role: str, web_port: int | None, data_dir: Path |
 
         run_sink(settings)
         return
-    import faust
+    from fsstream.reorder.worker import run_reorder
 
-    from fsstream.app import create_app
-
-    app = create_app(settings)
-    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    run_reorder(settings)
 
 
 @main.group()

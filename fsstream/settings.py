@@ -95,12 +95,26 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warn", "error"] = "info"
-    standby_replicas: int = Field(0, ge=0)
     static_member_id: str | None = Field(
         None, description="group.instance.id: a restarted worker keeps its partitions."
     )
     session_timeout_s: float = Field(
         30.0, gt=0, description="How long a silent worker keeps its partitions."
+    )
+    reorder_batch_records: int = Field(
+        2_000, gt=0, description="Raw records taken per transaction of the reorder worker."
+    )
+    dedup_horizon_s: float | None = Field(
+        None,
+        gt=0,
+        description="How long an expired view still drops redelivered events"
+        " (default: the longer of RAW_RETENTION_S and MAX_EVENT_AGE_S).",
+    )
+    crash_point: str | None = Field(
+        None,
+        pattern=r"^[a-z-]+:[0-9]+$",
+        description="Resilience testing: 'POINT:N' makes the worker SIGKILL itself the Nth"
+        " time it reaches POINT (reorder: after-send, before-commit, after-commit).",
     )
 
     @field_validator("broker_url")
@@ -118,9 +132,15 @@ class Settings(BaseSettings):
             raise ValueError("SASL needs FSSTREAM_SASL_USERNAME and FSSTREAM_SASL_PASSWORD")
         return self
 
+    @model_validator(mode="after")
+    def _grace_within_ttl(self) -> Settings:
+        if self.reorder_grace_s >= self.view_ttl_s:
+            raise ValueError("REORDER_GRACE_S must be shorter than VIEW_TTL_S")
+        return self
+
     @property
     def bootstrap_servers(self) -> list[str]:
-        """Brokers as host:port, without the kafka:// scheme faust uses."""
+        """Brokers as host:port, without the kafka:// scheme."""
         return [
             part.strip().removeprefix("kafka://")
             for part in self.broker_url.split(",")
@@ -152,6 +172,17 @@ class Settings(BaseSettings):
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return options
+
+    @property
+    def topic_views_changelog(self) -> str:
+        """The reorder worker's view-state changelog (compacted, one partition per raw one)."""
+        return f"{self.app_id}-reorder-views-changelog"
+
+    @property
+    def dedup_horizon_ms(self) -> int:
+        """How long after its last activity an expired view still recognises its events."""
+        seconds = self.dedup_horizon_s or max(self.raw_retention_s, self.max_event_age_s)
+        return int(seconds * 1000)
 
     @property
     def export_keys(self) -> tuple[str, ...]:

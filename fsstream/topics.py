@@ -12,6 +12,9 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from fsstream import kafka_clients
 from fsstream.settings import Settings
 
+STATE_RECORD_MAX_BYTES = 16 * 1024 * 1024
+"""The largest view-state record the changelog takes."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -43,6 +46,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "3600000"},
         ),
         TopicSpec(settings.topic_dlq, settings.dlq_partitions, {"cleanup.policy": "delete"}),
+        # The reorder worker's view state, one partition per raw partition, written in the
+        # same transactions as its output.
+        TopicSpec(
+            settings.topic_views_changelog,
+            settings.raw_partitions,
+            {"cleanup.policy": "compact", "max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
+        ),
     ]
 
 

@@ -36,12 +36,17 @@ T_US, FP, OFFSET, INDEX, INGESTED, FLAGS, DEADLINE = range(7)
 
 @dataclass(slots=True)
 class ViewState:
-    """The released and held events of one view and when it was last active."""
+    """The released and held events of one view and when it was last active.
+
+    An expired view shrinks to a *compact* state: only the fingerprints of its events,
+    so a redelivered event is still recognised for the dedup horizon.
+    """
 
     released: list[Entry] = field(default_factory=list)
     held: list[HeldEntry] = field(default_factory=list)
     last_active_ms: int = 0
     _fps: set[int] | None = None
+    compact: bool = False
 
     def seen(self, fp: int) -> bool:
         if self._fps is None:
@@ -53,12 +58,24 @@ class ViewState:
         if self._fps is not None:
             self._fps.add(fp)
 
+    def shrunk(self) -> ViewState:
+        """The compact state of this view: its fingerprints and last activity."""
+        fps = {e[FP] for e in self.released}
+        fps.update(e[FP] for e in self.held)
+        if self._fps is not None:
+            fps |= self._fps
+        return ViewState([], [], self.last_active_ms, fps, compact=True)
+
     def encode(self) -> bytes:
+        if self.compact:
+            return orjson.dumps((self.last_active_ms, None, sorted(self._fps or ())))
         return orjson.dumps((self.last_active_ms, self.released, self.held))
 
     @classmethod
     def decode(cls, data: bytes) -> ViewState:
         last_active, released, held = orjson.loads(data)
+        if released is None:
+            return cls([], [], last_active, set(held), compact=True)
         return cls([tuple(e) for e in released], [tuple(e) for e in held], last_active)
 
 
@@ -148,11 +165,18 @@ class Reorderer:
     """Orders the views of one partition and decides what to publish."""
 
     def __init__(
-        self, store: ViewStore, *, grace_ms: int, ttl_ms: int, stream_time_ms: int = 0
+        self,
+        store: ViewStore,
+        *,
+        grace_ms: int,
+        ttl_ms: int,
+        horizon_ms: int | None = None,
+        stream_time_ms: int = 0,
     ) -> None:
         self.store = store
         self.grace_ms = grace_ms
         self.ttl_ms = ttl_ms
+        self.horizon_ms = max(ttl_ms, horizon_ms if horizon_ms is not None else ttl_ms)
         self.stream_time_ms = stream_time_ms
         self.counters = Counters()
         self._deadlines: deque[tuple[int, str]] = deque()
@@ -176,6 +200,8 @@ class Reorderer:
         activity: list[tuple[int, str]] = []
         pending: set[tuple[int, str]] = set()
         for key, state in states:
+            if state.compact:
+                continue
             activity.append((state.last_active_ms, key))
             pending.update((e[DEADLINE], key) for e in state.held)
         activity.sort()
@@ -199,25 +225,9 @@ class Reorderer:
         self.counters.events_in += len(arrivals)
         state = self._live_state(view_key)
         if state is None:
-            cutoff_us = (now - self.ttl_ms) * 1000
-            detached = [a for a in arrivals if a.time_us < cutoff_us]
-            if detached:
-                self.counters.detached += len(detached)
-                out.extend(
-                    Row(
-                        view_key,
-                        detached_event_id(view_key, a.fp),
-                        a.time_us,
-                        offset,
-                        a.index,
-                        ingested_ms,
-                    )
-                    for a in detached
-                )
-                arrivals = [a for a in arrivals if a.time_us >= cutoff_us]
-                if not arrivals:
-                    return out
             state = ViewState()
+        elif state.compact:
+            return out + self._detached(view_key, state, arrivals, offset, ingested_ms)
         deadline = now + self.grace_ms
         added = False
         for arrival in arrivals:
@@ -255,7 +265,11 @@ class Reorderer:
         return out
 
     def expire(self) -> int:
-        """Forget views inactive for longer than the TTL; return how many."""
+        """Shrink views inactive for longer than the TTL to compact states; return how many.
+
+        Their held events are all due by then (the grace is far shorter than the TTL);
+        any left over are released first, through ``advance``.
+        """
         cutoff = self.stream_time_ms - self.ttl_ms
         expired = 0
         while self._activity:
@@ -263,19 +277,61 @@ class Reorderer:
             if last_active >= cutoff:
                 break
             self._activity.popitem(last=False)
-            self.store.delete(key)
+            state = self.store.get(key)
+            if state is not None and not state.compact:
+                self.store.put(key, state.shrunk())
             expired += 1
         self.counters.expired_views += expired
         return expired
 
     def _live_state(self, view_key: str) -> ViewState | None:
+        """The view's state, shrunk if it expired, None if it is new or past the horizon."""
         state = self.store.get(view_key)
-        if state is not None and state.last_active_ms < self.stream_time_ms - self.ttl_ms:
-            self.store.delete(view_key)
+        if state is None:
+            return None
+        now = self.stream_time_ms
+        if state.compact:
+            if state.last_active_ms < now - self.horizon_ms:
+                self.store.delete(view_key)
+                return None
+            return state
+        if state.last_active_ms < now - self.ttl_ms and not state.held:
             self._activity.pop(view_key, None)
             self.counters.expired_views += 1
-            return None
+            state = state.shrunk()
+            self.store.put(view_key, state)
         return state
+
+    def _detached(
+        self,
+        view_key: str,
+        state: ViewState,
+        arrivals: list[Arrival],
+        offset: int,
+        ingested_ms: int,
+    ) -> list[Emission]:
+        """Events of an expired view: published at once, never reordered, still deduplicated."""
+        out: list[Emission] = []
+        for arrival in arrivals:
+            if state.seen(arrival.fp):
+                self.counters.duplicates += 1
+                continue
+            state.remember(arrival.fp)
+            out.append(
+                Row(
+                    view_key,
+                    detached_event_id(view_key, arrival.fp),
+                    arrival.time_us,
+                    offset,
+                    arrival.index,
+                    ingested_ms,
+                )
+            )
+        if out:
+            self.counters.detached += len(out)
+            state.last_active_ms = self.stream_time_ms
+            self.store.put(view_key, state)
+        return out
 
     def _release(self, view_key: str, state: ViewState) -> list[Emission]:
         now = self.stream_time_ms

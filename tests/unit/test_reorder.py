@@ -161,24 +161,47 @@ def test_zero_grace_releases_at_once() -> None:
     assert [e.event_id for e in out] == [event_id(VIEW, A.fp, None), event_id(VIEW, S.fp, A.fp)]
 
 
-def test_expired_view_events_are_emitted_detached_and_counted() -> None:
-    r = make(ttl=60_000)
+def test_expired_view_events_are_emitted_detached_deduplicated_and_counted() -> None:
+    r = Reorderer(DictViewStore(), grace_ms=GRACE, ttl_ms=60_000, horizon_ms=600_000)
     feed(r, [A], ts=10_000, offset=0)
     r.advance(20_000)
     assert r.open_views == 1
     r.advance(71_000)
-    assert r.expire() == 1 and r.open_views == 0 and r.store.get(VIEW) is None
-    # An event older than stream time - TTL for a view without state: emitted, never reordered.
+    assert r.expire() == 1 and r.open_views == 0
+    compact = r.store.get(VIEW)
+    assert compact is not None and compact.compact and compact.released == []
+    assert ViewState.decode(compact.encode()).seen(A.fp)
+    # A new event of the expired view: published at once under its detached id, never reordered.
     out = feed(r, [X], ts=80_000, offset=1)
     assert out == [Row(VIEW, detached_event_id(VIEW, X.fp), X.time_us, 1, 0, 80_000)]
     assert r.counters.detached == 1
-    assert r.store.get(VIEW) is None
-    # A recent event of the same view starts a fresh state.
-    fresh = Ev(79_000_000, 66)
-    assert feed(r, [fresh], ts=81_000, offset=2) == []
-    assert r.advance(86_000) == [
-        Row(VIEW, event_id(VIEW, fresh.fp, None), fresh.time_us, 2, 0, 81_000)
+    # Redeliveries of the view's events, released or detached, are dropped within the horizon.
+    assert feed(r, [A, X], ts=500_000, offset=2) == []
+    assert r.advance(600_000) == []
+    assert r.counters.duplicates == 2
+    # Past the horizon the compact state is forgotten: the view starts afresh.
+    fresh = Ev(1_200_000_000, 66)
+    assert feed(r, [fresh], ts=1_200_000, offset=3) == []
+    assert r.advance(1_206_000) == [
+        Row(VIEW, event_id(VIEW, fresh.fp, None), fresh.time_us, 3, 0, 1_200_000)
     ]
+
+
+def test_a_new_view_is_reordered_whatever_the_age_of_its_events() -> None:
+    """A backfill: events a day older than stream time, arriving shuffled, for a new view."""
+    r = make(ttl=3_600_000)
+    now = 200_000_000
+    old = [Ev(1_000_000 * n, 100 + n) for n in (5, 1, 4, 2, 3)]
+    out = feed(r, old[:3], ts=now, offset=0)
+    out += feed(r, old[3:], ts=now + 1_000, offset=1)
+    out += r.advance(now + 10_000)
+    assert [e.event_id for e in out] == [
+        event_id(VIEW, fp, prev)
+        for fp, prev in ((101, None), (102, 101), (103, 102), (104, 103), (105, 104))
+    ]
+    assert r.counters.detached == 0
+    # A redelivered old event after the release is dropped, not published again.
+    assert feed(r, [old[0]], ts=now + 20_000, offset=2) + r.advance(now + 30_000) == []
 
 
 def test_a_stale_state_is_expired_when_touched_before_the_sweep() -> None:

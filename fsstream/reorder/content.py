@@ -61,7 +61,9 @@ class KafkaRawLog:
         if self._consumer is None:
             self._consumer = await kafka_clients.start(
                 kafka_clients.consumer(
-                    self.settings, client_id=f"{self.settings.app_id}-raw-reader"
+                    self.settings,
+                    client_id=f"{self.settings.app_id}-raw-reader",
+                    isolation_level="read_committed",
                 )
             )
         return self._consumer
@@ -120,8 +122,10 @@ class RawContent:
         for key in [k for k in self._cache if k[0] == partition]:
             self._bytes -= self._cache.pop(key).size * DECODED_OVERHEAD
 
-    async def get(self, partition: int, offsets: Iterable[int]) -> dict[int, RawRecord]:
-        """The records at ``offsets``; ``KeyError`` names any the raw topic no longer has."""
+    async def get(
+        self, partition: int, offsets: Iterable[int]
+    ) -> tuple[dict[int, RawRecord], dict[int, str]]:
+        """The records at ``offsets``, and why each one that could not be had is missing."""
         out: dict[int, RawRecord] = {}
         missing: list[int] = []
         for offset in offsets:
@@ -130,17 +134,23 @@ class RawContent:
                 missing.append(offset)
             else:
                 out[offset] = record
+        problems: dict[int, str] = {}
         if missing:
             self.misses += len(missing)
             fetched = await self.log.read(partition, missing)
             for offset in missing:
                 if offset not in fetched:
-                    raise KeyError(f"raw record {partition}/{offset} is gone from the raw topic")
+                    problems[offset] = f"raw record {partition}/{offset} is gone from the raw topic"
+                    continue
                 timestamp, value, key = fetched[offset]
-                batch = codec.decode(value, expected=codec.RAW_EVENT_BATCH)
-                record_key = key.decode() if key else None
-                _, events = check_batch(batch, record_key, timestamp, self.limits)
+                try:
+                    batch = codec.decode(value, expected=codec.RAW_EVENT_BATCH)
+                    record_key = key.decode() if key else None
+                    _, events = check_batch(batch, record_key, timestamp, self.limits)
+                except Exception as exc:
+                    problems[offset] = f"raw record {partition}/{offset} read back: {exc}"
+                    continue
                 record = RawRecord(timestamp, batch["ingested_time"], events, len(value))
                 self.put(partition, offset, record)
                 out[offset] = record
-        return out
+        return out, problems

@@ -1,1 +1,0 @@
-"""faust agents: thin loops that decode, call the core and publish."""
