@@ -25,9 +25,14 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 
 
 def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
-    """A consumer with no group unless one is given, reading from the earliest offset."""
+    """A consumer with no group unless one is given, reading from the earliest offset.
+
+    It reads committed records only: the reorder worker writes in transactions, and a
+    row of an aborted or still open one is not part of the events topic.
+    """
     options: dict[str, Any] = {
         "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
         "enable_auto_commit": False,
         "client_id": f"{settings.app_id}-cli",
     }

@@ -81,6 +81,11 @@ FILES_RECREATED = Counter(
 ROWS_WRITTEN = Counter(
     "fsstream_sink_rows_written", "Rows written to parquet files.", registry=REGISTRY
 )
+ROWS_SKIPPED = Counter(
+    "fsstream_sink_rows_skipped",
+    "Rows skipped because their hour already holds their event id (redeliveries).",
+    registry=REGISTRY,
+)
 PARTITIONS_SEALED = Counter(
     "fsstream_sink_partitions_sealed",
     "Hourly partitions sealed with a manifest.",

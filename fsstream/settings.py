@@ -114,7 +114,8 @@ class Settings(BaseSettings):
         None,
         pattern=r"^[a-z-]+:[0-9]+$",
         description="Resilience testing: 'POINT:N' makes the worker SIGKILL itself the Nth"
-        " time it reaches POINT (reorder: after-send, before-commit, after-commit).",
+        " time it reaches POINT (reorder: after-send, before-commit, after-commit;"
+        " sink: after-upload, after-record, after-rewrite).",
     )
 
     @field_validator("broker_url")

@@ -63,7 +63,6 @@ class KafkaRawLog:
                 kafka_clients.consumer(
                     self.settings,
                     client_id=f"{self.settings.app_id}-raw-reader",
-                    isolation_level="read_committed",
                 )
             )
         return self._consumer

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from fsstream import kafka_clients, metrics
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
+from fsstream.crashpoints import CrashPoints
 from fsstream.reorder.agent import (
     HEARTBEAT_VALUE,
     BatchOutput,
@@ -59,22 +59,6 @@ OUTPUT_BATCH_BYTES = 512 * 1024
 """Producer batch size: under the broker's default message limit even uncompressed."""
 DLQ_VALUE_LIMIT = 900_000
 """Larger DLQ values are replaced by their size and hash: the broker's default limit is 1 MiB."""
-
-
-class CrashPoints:
-    """Resilience testing: SIGKILL this process the Nth time it reaches a named point."""
-
-    def __init__(self, spec: str | None) -> None:
-        self.point, _, count = (spec or "").partition(":")
-        self.remaining = int(count) if count else 0
-
-    def reached(self, point: str) -> None:
-        if self.remaining and point == self.point:
-            self.remaining -= 1
-            if not self.remaining:
-                log.warning("crash point %s reached: killing this process", point)
-                logging.shutdown()
-                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def catalog_enricher(catalog: Catalog) -> Enricher:
@@ -447,7 +431,6 @@ class ReorderWorker:
             kafka_clients.consumer(
                 self.settings,
                 client_id=f"{self.group_id}-restore",
-                isolation_level="read_committed",
                 max_partition_fetch_bytes=STATE_RECORD_MAX_BYTES,
                 fetch_max_bytes=STATE_RECORD_MAX_BYTES * 2,
             )
@@ -455,7 +438,6 @@ class ReorderWorker:
         options: dict[str, Any] = {
             "group_id": self.group_id,
             "client_id": self.group_id,
-            "isolation_level": "read_committed",
             "max_poll_records": self.settings.reorder_batch_records,
             "session_timeout_ms": int(self.settings.session_timeout_s * 1000),
             "heartbeat_interval_ms": max(int(self.settings.session_timeout_s * 100), 500),

@@ -9,9 +9,15 @@ After a crash, rows already in a recorded file are skipped, and a file uploaded 
 recorded is written again at the same name, or deleted if the rows read again start at
 another offset: no row is lost and none is duplicated.
 
+The sink is idempotent by event id as well: a row whose id its hour already holds (a
+redelivery by an at-least-once producer, a replayed topic) is skipped. The ids of an
+hour's recorded files are read back from the files the first time a row touches the
+hour, and kept while the hour is open.
+
 Tombstones null out the superseded row: dropped from the buffer if it is still
-there, otherwise its file is recreated at the same name (once per sync, however many
-tombstones hit it), or, in append mode, a NULL row goes to the current partition.
+there, otherwise every file holding it is recreated at the same name (once per sync,
+however many tombstones hit it), or, in append mode, a NULL row goes to the current
+partition.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from fsstream.core.timefmt import (
     format_partition_hour,
     parse_rfc3339_us,
 )
+from fsstream.crashpoints import CrashPoints
 from fsstream.settings import Settings
 from fsstream.sink.ledger import FileRecord, HourLedger, Ledgers
 from fsstream.sink.parquet_format import (
@@ -59,6 +66,39 @@ NULL_ROW_BYTES = 200
 """What a row without a value (a NULL row, a tombstone) counts towards the byte budget."""
 
 
+IDS_KEPT_S = 600.0
+"""How long the ids of a sealed hour stay in memory after a row last touched it."""
+
+
+@dataclass(slots=True)
+class HourIds:
+    """Event ids in one hour's recorded files: which file holds each, and the NULL rows."""
+
+    files: dict[bytes, int] = field(default_factory=dict)
+    """16-byte event id → index of its file in the hour's ledger."""
+    copies: dict[bytes, list[int]] = field(default_factory=dict)
+    """Further files holding an id, in a warehouse written before ids were deduplicated."""
+    nulls: set[bytes] = field(default_factory=set)
+    """Ids with a NULL row appended (append tombstone mode)."""
+    touched: float = 0.0
+
+    def holds(self, key: bytes, null: bool) -> bool:
+        return key in self.nulls if null else key in self.files
+
+    def record(self, key: bytes, index: int, null: bool) -> None:
+        if null:
+            self.nulls.add(key)
+        elif key not in self.files:
+            self.files[key] = index
+        elif self.files[key] != index:
+            self.copies.setdefault(key, []).append(index)
+
+    def indexes(self, key: bytes) -> list[int]:
+        """Every file holding a row of ``key``."""
+        first = self.files.get(key)
+        return [] if first is None else [first, *self.copies.get(key, ())]
+
+
 @dataclass(slots=True)
 class HourBuffer:
     """Rows of one hour not yet in a file, column by column, with their messages."""
@@ -67,6 +107,9 @@ class HourBuffer:
     offsets: list[int] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
+    """Live rows: event id → position."""
+    nulls: set[str] = field(default_factory=set)
+    """Ids of the NULL rows here (append tombstone mode)."""
     dropped: set[int] = field(default_factory=set)
     size: int = 0
 
@@ -74,8 +117,16 @@ class HourBuffer:
     def rows(self) -> int:
         return len(self.offsets) - len(self.dropped)
 
-    def add(self, offset: int, row: dict[str, Any], message: Any, size: int) -> None:
-        self.positions[row["event_id"]] = len(self.offsets)
+    def holds(self, event_id: str, null: bool) -> bool:
+        return event_id in self.nulls if null else event_id in self.positions
+
+    def add(
+        self, offset: int, row: dict[str, Any], message: Any, size: int, null: bool = False
+    ) -> None:
+        if null:
+            self.nulls.add(row["event_id"])
+        else:
+            self.positions[row["event_id"]] = len(self.offsets)
         for column in COLUMNS:
             self.columns[column].append(row[column])
         self.offsets.append(offset)
@@ -107,8 +158,9 @@ class PartitionSink:
     ``start`` is the first offset read since the assignment: every row from there on is
     read again after a crash, so an unrecorded file starting there or later is a crashed
     run's upload, whose rows go into the files written now. ``checked`` are the hours
-    already cleared of such files. ``unacked`` holds the messages read and not yet
-    acknowledged, in offset order; ``durable`` the offsets among them that are done.
+    already cleared of such files, ``ids`` the ids of the open hours' files.
+    ``unacked`` holds the messages read and not yet acknowledged, in offset order;
+    ``durable`` the offsets among them that are done.
     """
 
     number: int
@@ -116,6 +168,7 @@ class PartitionSink:
     start: int = 0
     buffers: dict[int, HourBuffer] = field(default_factory=dict)
     checked: set[int] = field(default_factory=set)
+    ids: dict[int, HourIds] = field(default_factory=dict)
     unacked: deque[Any] = field(default_factory=deque)
     durable: set[int] = field(default_factory=set)
     newest_ms: int = 0
@@ -140,11 +193,11 @@ class SinkAgent:
         self.lock = asyncio.Lock()
         self.partitions: dict[int, PartitionSink] = {}
         self.rewrites: dict[str, tuple[int, int, set[str], list[Any]]] = {}
-        self._file_ids: dict[str, set[str]] = {}
         self._size = 0  # bytes in buffers
         self._held = 0  # bytes of durable messages waiting for an earlier one to be acknowledged
         self.peak_bytes = 0  # the most buffered and held at once, budget checks included
         self.prefix_topic = settings.topic_events
+        self.crash = CrashPoints(settings.crash_point)
 
     # -- partitions -----------------------------------------------------------------
 
@@ -186,7 +239,7 @@ class SinkAgent:
                 if message.value is None:
                     buffer = await self._tombstone(sink, message)
                 else:
-                    buffer = self._row(sink, message)
+                    buffer = await self._row(sink, message)
                 held = self._size + self._held
                 if held > self.peak_bytes:
                     self.peak_bytes = held
@@ -199,26 +252,62 @@ class SinkAgent:
                         await self._drain()  # what is held waits for a rewrite or a buffer
             self._observe()
 
-    def _row(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
+    async def _row(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
         row = codec.decode(message.value, expected=codec.EVENT)
         hour = hour_of(row["ingested_time"])
         sink.newest_ms = max(sink.newest_ms, row["ingested_time"])
-        return self._buffer(sink, hour, message, row, len(message.value))
+        return await self._buffer(sink, hour, message, row, len(message.value))
 
-    def _buffer(
-        self, sink: PartitionSink, hour: int, message: Any, row: dict[str, Any], size: int
+    async def _buffer(
+        self,
+        sink: PartitionSink,
+        hour: int,
+        message: Any,
+        row: dict[str, Any],
+        size: int,
+        null: bool = False,
     ) -> HourBuffer | None:
-        """Add a row to its hour's buffer, unless a recorded file already holds it."""
+        """Add a row to its hour's buffer, unless the hour holds it already."""
         ledger = sink.ledgers.get(hour)
         if ledger is not None and ledger.covers(message.offset):
             self._done(sink, message)
             return None
+        event_id = row["event_id"]
         buffer = sink.buffers.get(hour)
+        ids = await self._ids(sink, hour)
+        if (buffer is not None and buffer.holds(event_id, null)) or ids.holds(
+            _id_key(event_id), null
+        ):
+            metrics.ROWS_SKIPPED.inc()
+            self._done(sink, message)
+            return None
         if buffer is None:
             buffer = sink.buffers[hour] = HourBuffer()
-        buffer.add(message.offset, row, message, size)
+        buffer.add(message.offset, row, message, size, null)
         self._size += size
         return buffer
+
+    async def _ids(self, sink: PartitionSink, hour: int) -> HourIds:
+        """The ids of the hour's recorded files, read from the files on first use."""
+        ids = sink.ids.get(hour)
+        if ids is None:
+            ids = HourIds()
+            ledger = sink.ledgers.get(hour)
+            loop = asyncio.get_running_loop()
+            append = self.settings.tombstone_mode == "append"
+            for index, record in enumerate(ledger.files if ledger is not None else ()):
+                data = await self.store.get(record.name)
+                if data is not None:
+                    columns = await loop.run_in_executor(
+                        None, read_event_columns, data, ["event_id", "event_type"]
+                    )
+                    for event_id, event_type in zip(
+                        columns["event_id"], columns["event_type"], strict=True
+                    ):
+                        ids.record(_id_key(event_id), index, append and event_type is None)
+            sink.ids[hour] = ids
+        ids.touched = self.clock()
+        return ids
 
     async def _tombstone(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
         headers = dict(headers_of(message))
@@ -231,9 +320,11 @@ class SinkAgent:
             self._done(sink, message)
             return None
         if self.settings.tombstone_mode == "append":
-            return self._null_row(sink, message, headers, event_id)
-        name = await self._file_with(sink, hour, event_id)
-        if name is None:
+            return await self._null_row(sink, message, headers, event_id)
+        ids = await self._ids(sink, hour)
+        ledger = sink.ledgers.get(hour)
+        indexes = ids.indexes(_id_key(event_id))
+        if ledger is None or not indexes:
             log.info(
                 "tombstone %s: no row in partition %d hour %s",
                 event_id,
@@ -242,12 +333,14 @@ class SinkAgent:
             )
             self._done(sink, message)
             return None
-        _, _, ids, messages = self.rewrites.setdefault(name, (sink.number, hour, set(), []))
-        ids.add(event_id)
-        messages.append(message)
+        for index in indexes:
+            name = ledger.files[index].name
+            _, _, nulled, messages = self.rewrites.setdefault(name, (sink.number, hour, set(), []))
+            nulled.add(event_id)
+            messages.append(message)
         return None
 
-    def _null_row(
+    async def _null_row(
         self, sink: PartitionSink, message: Any, headers: dict[str, bytes], event_id: str
     ) -> HourBuffer | None:
         device, session, view = [*headers[VIEW_HEADER].decode().split(":"), "", ""][:3]
@@ -266,26 +359,7 @@ class SinkAgent:
             "source_type": "",
             "source_properties": "{}",
         }
-        return self._buffer(sink, hour_of(ingested), message, row, NULL_ROW_BYTES)
-
-    async def _file_with(self, sink: PartitionSink, hour: int, event_id: str) -> str | None:
-        ledger = sink.ledgers.get(hour)
-        if ledger is None:
-            return None
-        for record in reversed(ledger.files):
-            ids = self._file_ids.get(record.name)
-            if ids is None:
-                data = await self.store.get(record.name)
-                if data is None:
-                    continue
-                loop = asyncio.get_running_loop()
-                columns = await loop.run_in_executor(None, read_event_columns, data, ["event_id"])
-                ids = self._file_ids[record.name] = set(columns["event_id"])
-                while len(self._file_ids) > 256:
-                    self._file_ids.pop(next(iter(self._file_ids)))
-            if event_id in ids:
-                return record.name
-        return None
+        return await self._buffer(sink, hour_of(ingested), message, row, NULL_ROW_BYTES, null=True)
 
     # -- writing --------------------------------------------------------------------
 
@@ -325,11 +399,19 @@ class SinkAgent:
             loop = asyncio.get_running_loop()
             data = await loop.run_in_executor(None, serialize_events, columns)
             await self.store.put(name, data)
+            self.crash.reached("after-upload")
             ledger = sink.ledgers.setdefault(hour, HourLedger())
             ledger.files.append(FileRecord(name, offsets[0], offsets[-1], len(offsets)))
             resealed, ledger.sealed = ledger.sealed, False  # until the manifest lists it
             await self.ledgers.save(sink.number, hour, ledger)
-            self._file_ids[name] = set(columns["event_id"])
+            self.crash.reached("after-record")
+            ids = await self._ids(sink, hour)
+            index = len(ledger.files) - 1
+            for event_id, event_type in zip(
+                columns["event_id"], columns["event_type"], strict=True
+            ):
+                null = event_type is None and event_id in buffer.nulls
+                ids.record(_id_key(event_id), index, null)
             metrics.FILES_WRITTEN.inc()
             metrics.ROWS_WRITTEN.inc(len(offsets))
             now = self.clock()
@@ -411,6 +493,7 @@ class SinkAgent:
                 )
                 if nulled:
                     await self.store.put(name, rewritten)
+                    self.crash.reached("after-rewrite")
                     metrics.FILES_RECREATED.inc()
             for message in messages:
                 self._done(sink, message)
@@ -470,13 +553,27 @@ class SinkAgent:
         horizon = sink.newest_ms - int(self.settings.view_ttl_s * 1000) - 2 * MS_PER_HOUR
         for hour in [h for h, ledger in sink.ledgers.items() if ledger.sealed and h < horizon]:
             del sink.ledgers[hour]
+            sink.ids.pop(hour, None)
             await self.ledgers.forget(sink.number, hour)
+        idle = self.clock() - IDS_KEPT_S
+        for hour, ids in list(sink.ids.items()):
+            ledger = sink.ledgers.get(hour)
+            if ids.touched < idle and (ledger is None or ledger.sealed):
+                del sink.ids[hour]  # read again from the files if a late row comes
 
     def _observe(self) -> None:
         rows, size = self.buffered
         metrics.BUFFERED_ROWS.set(rows)
         metrics.BUFFERED_BYTES.set(size)
         metrics.BUFFERED_BYTES_PEAK.set(self.peak_bytes)
+
+
+def _id_key(event_id: str) -> bytes:
+    """An event id as kept in memory: 16 bytes for the hex ids the reorder worker makes."""
+    try:
+        return bytes.fromhex(event_id)
+    except ValueError:
+        return b"\0" + event_id.encode()
 
 
 def _seconds(event_time: str) -> float:

@@ -35,22 +35,25 @@ async def test_topics_create_sets_cleanup_policies_and_is_idempotent(
     settings = make_settings(raw_partitions=3, events_partitions=5)
     first = run_cli(settings, "topics", "create")
     assert first.returncode == 0, first.stderr.decode()
-    assert first.stdout.decode().count("created") == 4
+    assert first.stdout.decode().count("created") == 5
     second = run_cli(settings, "topics", "create")
     assert second.returncode == 0, second.stderr.decode()
-    assert second.stdout.decode().count("exists") == 4
+    assert second.stdout.decode().count("exists") == 5
 
     names = [
         settings.topic_raw,
         settings.topic_definitions,
         settings.topic_events,
         settings.topic_dlq,
+        settings.topic_views_changelog,
     ]
     configs = await describe_topic_configs(settings, names)
     assert configs[settings.topic_raw]["cleanup.policy"] == "delete"
     assert configs[settings.topic_definitions]["cleanup.policy"] == "compact"
     assert configs[settings.topic_events]["cleanup.policy"] == "compact"
     assert configs[settings.topic_dlq]["cleanup.policy"] == "delete"
+    # The reorder worker's view state: compacted, one partition per raw partition.
+    assert configs[settings.topic_views_changelog]["cleanup.policy"] == "compact"
 
     admin = kafka_clients.admin(settings)
     await admin.start()
@@ -63,6 +66,7 @@ async def test_topics_create_sets_cleanup_policies_and_is_idempotent(
         settings.topic_definitions: 1,
         settings.topic_events: 5,
         settings.topic_dlq: 1,
+        settings.topic_views_changelog: 3,
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from fsstream import codec
 from fsstream.core.layout import event_file_key, manifest_key, seal_marker_key
 from fsstream.core.timefmt import MS_PER_HOUR, format_event_time, parse_rfc3339_us
 from fsstream.settings import Settings
-from fsstream.sink.agent import HourBuffer, SinkAgent
+from fsstream.sink.agent import HourBuffer, HourIds, SinkAgent
 from fsstream.sink.ledger import MemoryLedgers
 from fsstream.sink.parquet_format import read_events
 from fsstream.store import LocalStore
@@ -204,7 +205,7 @@ class Harness:
         return orjson.loads((self.root / key).read_bytes())
 
 
-def ids(rows: list[dict[str, Any]]) -> list[str]:
+def ids(rows: Iterable[dict[str, Any]]) -> list[str]:
     return [r["event_id"] for r in rows]
 
 
@@ -458,6 +459,69 @@ async def test_append_mode_writes_a_null_row_into_the_superseding_partition(
     assert null_row["processed_time"] == format_event_time(sink.clock.now_ms * 1000)
     assert sorted(sink.live()) == ["b", "c"]
     assert sink.acked_offsets() == list(range(6))
+
+
+# -- redeliveries ----------------------------------------------------------------------------
+
+
+async def test_a_row_published_again_under_its_id_is_written_once(sink: Harness) -> None:
+    await sink.send(row(0, 0, "a", H0), row(0, 1, "b", H0), row(0, 2, "a", H0))  # buffered
+    await sink.agent.sync()
+    await sink.send(row(0, 3, "b", H0), row(0, 4, "c", H0))  # "b" is in a file by now
+    await sink.agent.sync()
+    assert sink.acked_offsets() == list(range(5))
+    assert sorted(ids(r for rows in sink.files().values() for r in rows)) == ["a", "b", "c"]
+
+
+async def test_a_restarted_sink_reads_the_hours_ids_back_from_its_files(tmp_path: Path) -> None:
+    sink = Harness(tmp_path)
+    await sink.send(row(0, 0, "a", H0), row(0, 1, "b", H1))
+    await sink.agent.sync()
+    sink.restart()
+    await sink.send(row(0, 2, "b", H1), row(0, 3, "a", H0), row(0, 4, "c", H0))
+    await sink.agent.sync()
+    assert sink.acked_offsets() == [2, 3, 4]
+    assert sorted(sink.live()) == ["a", "b", "c"]
+    assert sum(len(rows) for rows in sink.files().values()) == 3
+
+
+async def test_a_tombstone_nulls_every_copy_an_older_warehouse_holds(
+    sink: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as before_dedup:
+        before_dedup.setattr(HourIds, "holds", lambda self, key, null: False)
+        await sink.send(row(0, 0, "a", H0), row(0, 1, "b", H0))
+        await sink.agent.sync()
+        await sink.send(row(0, 2, "a", H0))
+        await sink.agent.sync()
+    assert len(sink.parquet_keys()) == 2
+    sink.restart()
+    await sink.send(tombstone(0, 3, "a", H0, H1 + 5))
+    await sink.agent.sync()
+    rows = [r for rows in sink.files().values() for r in rows]
+    assert sorted((r["event_id"], r["event_type"]) for r in rows) == [
+        ("a", None),
+        ("a", None),
+        ("b", "click"),
+    ]
+    assert sorted(sink.live()) == ["b"]
+
+
+async def test_a_tombstone_delivered_twice_in_append_mode_writes_one_null_row(
+    tmp_path: Path,
+) -> None:
+    sink = Harness(tmp_path, tombstone_mode="append")
+    await sink.send(row(0, 0, "a", H0), row(0, 1, "b", H0))
+    await sink.agent.sync()
+    await sink.send(tombstone(0, 2, "a", H0, H1 + 5), tombstone(0, 3, "a", H0, H1 + 5))
+    await sink.agent.sync()
+    sink.restart()
+    await sink.send(tombstone(0, 4, "a", H0, H1 + 5), row(0, 5, "a", H0))
+    await sink.agent.sync()
+    nulls = [r for r in sink.files()[file_key(H1, 0, 2)] if r["event_type"] is None]
+    assert ids(nulls) == ["a"]
+    assert sorted(sink.live()) == ["b"]
+    assert sink.acked_offsets() == [4, 5]
 
 
 # -- restarts --------------------------------------------------------------------------------
