@@ -12,6 +12,14 @@ from fsstream.localkafka import LocalKafka, free_port
 from fsstream.settings import Settings
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kill-suite-long",
+        action="store_true",
+        help="run the kill suite with more traffic and more kills (several minutes)",
+    )
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[LocalKafka]:
     """A broker shared by the whole session; tests keep apart by unique topic names."""
