@@ -155,6 +155,18 @@ async def read_warehouse(settings: Settings) -> Warehouse:
         await store.close()
 
 
+def holds_live(expected: set[str]) -> Callable[[Warehouse], bool]:
+    """Wait condition: the warehouse's live rows are exactly ``expected``, no duplicate."""
+
+    def done(warehouse: Warehouse) -> bool:
+        try:
+            return set(warehouse.live()) == expected
+        except AssertionError:
+            return False
+
+    return done
+
+
 async def wait_for_warehouse(settings: Settings, done: Any, timeout: float = 180.0) -> Warehouse:
     deadline = time.monotonic() + timeout
     while True:

@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
 
@@ -52,6 +51,7 @@ from fsstream.reorder.content import KafkaRawLog, RawContent
 from fsstream.reorder.state import Change, PartitionState, catch_up
 from fsstream.settings import Settings
 from fsstream.topics import STATE_RECORD_MAX_BYTES, create_topics
+from fsstream.web import serve
 
 log = logging.getLogger(__name__)
 
@@ -398,26 +398,10 @@ class ReorderWorker:
 
     # -- web --------------------------------------------------------------------------
 
-    async def _web(self) -> web.AppRunner:
-        async def health(_: web.Request) -> web.Response:
-            ready = self.consumer is not None and self.follower.caught_up.is_set()
-            assigned = [f"{self.settings.topic_raw}/{p}" for p in sorted(self.owned)]
-            return web.json_response(
-                {"status": "ok" if ready else "starting", "assigned": assigned}
-            )
-
-        async def metrics_page(_: web.Request) -> web.Response:
-            return web.Response(
-                body=metrics.exposition(), content_type="text/plain", charset="utf-8"
-            )
-
-        app = web.Application()
-        app.router.add_get("/health", health)
-        app.router.add_get("/metrics", metrics_page)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
-        return runner
+    def _health(self) -> dict[str, Any]:
+        ready = self.consumer is not None and self.follower.caught_up.is_set()
+        assigned = [f"{self.settings.topic_raw}/{p}" for p in sorted(self.owned)]
+        return {"status": "ok" if ready else "starting", "assigned": assigned}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -426,7 +410,7 @@ class ReorderWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await create_topics(self.settings)
-        runner = await self._web()
+        runner = await serve(self.settings, self._health)
         self.restorer = await kafka_clients.start(
             kafka_clients.consumer(
                 self.settings,

@@ -16,7 +16,6 @@ import signal
 import time
 from typing import Any
 
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from fsstream import kafka_clients, metrics
@@ -27,6 +26,7 @@ from fsstream.sink.agent import SinkAgent
 from fsstream.sink.definitions_export import DefinitionsExporter
 from fsstream.sink.ledger import StoreLedgers
 from fsstream.store import open_store
+from fsstream.web import serve
 
 log = logging.getLogger(__name__)
 
@@ -134,23 +134,9 @@ class SinkService:
 
     # -- web --------------------------------------------------------------------------
 
-    async def _web(self) -> web.AppRunner:
-        async def health(_: web.Request) -> web.Response:
-            assigned = [f"{self.settings.topic_events}/{p}" for p in sorted(self.assigned)]
-            return web.json_response({"status": "ok", "assigned": assigned})
-
-        async def metrics_page(_: web.Request) -> web.Response:
-            return web.Response(
-                body=metrics.exposition(), content_type="text/plain", charset="utf-8"
-            )
-
-        app = web.Application()
-        app.router.add_get("/health", health)
-        app.router.add_get("/metrics", metrics_page)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
-        return runner
+    def _health(self) -> dict[str, Any]:
+        assigned = [f"{self.settings.topic_events}/{p}" for p in sorted(self.assigned)]
+        return {"status": "ok", "assigned": assigned}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -158,7 +144,7 @@ class SinkService:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        runner = await self._web()
+        runner = await serve(self.settings, self._health)
         options: dict[str, Any] = {
             "group_id": f"{self.settings.app_id}-sink",
             "client_id": f"{self.settings.app_id}-sink",

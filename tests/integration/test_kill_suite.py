@@ -33,7 +33,7 @@ from tests.scenario import (
     wait_for,
     without_enrichment,
 )
-from tests.warehouse import Warehouse, wait_for_warehouse
+from tests.warehouse import Warehouse, holds_live, wait_for_warehouse
 
 DAY_START_MS = parse_rfc3339_us("2024-03-01T00:00:00Z") // 1000
 REORDER_POINTS = ("after-send", "before-commit", "after-commit")
@@ -149,16 +149,6 @@ def check_exactly_once(
     assert not dlq, f"{len(dlq)} good records went to the DLQ"
 
 
-def complete(expected: set[str]) -> Callable[[Warehouse], bool]:
-    def done(warehouse: Warehouse) -> bool:
-        try:
-            return set(warehouse.live()) == expected
-        except AssertionError:
-            return False
-
-    return done
-
-
 async def test_workers_killed_between_send_state_and_commit_lose_and_duplicate_nothing(
     make_settings: Callable[..., Settings], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -202,7 +192,7 @@ async def test_workers_killed_between_send_state_and_commit_lose_and_duplicate_n
         events = await wait_for(
             settings, settings.topic_events, lambda rs: set(live(rs)) == expected, timeout=300
         )
-        warehouse = await wait_for_warehouse(settings, complete(expected), timeout=300)
+        warehouse = await wait_for_warehouse(settings, holds_live(expected), timeout=300)
         await cluster.settle()  # nobody died while converging
     finally:
         cluster.stop_all()

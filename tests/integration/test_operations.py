@@ -19,7 +19,7 @@ from fsstream.processes import WorkerProcess, settings_env
 from fsstream.settings import Settings
 from fsstream.topics import create_topics
 from tests.scenario import expected_rows, live, produce, read_all, traffic_day, wait_for
-from tests.warehouse import read_warehouse, wait_for_warehouse
+from tests.warehouse import holds_live, read_warehouse, wait_for_warehouse
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
 
@@ -42,16 +42,6 @@ def with_port(settings: Settings, name: str, tmp_path: Path) -> Settings:
     return settings.model_copy(
         update={"web_port": free_port(), "data_dir": tmp_path / "state" / name}
     )
-
-
-def complete(expected: set[str]) -> Callable[[Any], bool]:
-    def done(warehouse: Any) -> bool:
-        try:
-            return set(warehouse.live()) == expected
-        except AssertionError:
-            return False
-
-    return done
 
 
 def live_rows_without_updates(warehouse: Any) -> dict[str, dict[str, Any]]:
@@ -79,7 +69,7 @@ async def test_replay_rebuilds_the_same_live_rows_twice(
         reorder.wait_assigned()
         sink.wait_assigned()
         await produce(settings, records)
-        original = await wait_for_warehouse(settings, complete(expected))
+        original = await wait_for_warehouse(settings, holds_live(expected))
     assert set(original.live()) == expected
 
     replays = []
@@ -125,7 +115,7 @@ async def test_health_and_metrics_endpoints_serve_the_documented_names(
         assert any(p.startswith(f"{settings.topic_raw}/") for p in health["assigned"])
         sink.wait_assigned()
         await produce(settings, records)
-        await wait_for_warehouse(settings, complete(expected))
+        await wait_for_warehouse(settings, holds_live(expected))
         await asyncio.sleep(6)  # one lag sample
         reorder_metrics, sink_metrics = reorder.metrics(), sink.metrics()
         with urllib.request.urlopen(
@@ -193,7 +183,7 @@ async def test_stopping_one_of_two_workers_per_role_moves_its_partitions(
         events = await wait_for(
             settings, settings.topic_events, lambda rs: set(live(rs)) == expected
         )
-        warehouse = await wait_for_warehouse(settings, complete(expected))
+        warehouse = await wait_for_warehouse(settings, holds_live(expected))
         # The survivors own every partition now.
         survivors = {name: w.health()["assigned"] for name, w in workers.items() if w.alive()}
     finally:
