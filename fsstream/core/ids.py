@@ -24,18 +24,11 @@ def fingerprint(
     source_properties: str,
 ) -> int:
     """A 64-bit content hash of one raw event (its ids are in the view key)."""
-    digest = blake2b(
-        b"%d\x1f%s\x1f%s\x1f%s\x1f%s"
-        % (
-            event_time_us,
-            event_type.encode(),
-            event_properties.encode(),
-            source_type.encode(),
-            source_properties.encode(),
-        ),
-        digest_size=8,
-    ).digest()
-    return int.from_bytes(digest, "little")
+    # One UTF-8 encoding of the joined text: the same bytes as encoding each part.
+    text = "\x1f".join(
+        (f"{event_time_us:d}", event_type, event_properties, source_type, source_properties)
+    )
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _id(view_key: str, fp: int, tail: bytes) -> str:

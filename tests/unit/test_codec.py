@@ -1,7 +1,8 @@
+import dataclasses
 import io
 
 import pytest
-from fastavro import schemaless_writer
+from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,3 +165,126 @@ def test_the_fast_event_writer_writes_what_fastavro_writes(record: dict) -> None
 def test_schemas_with_nested_types_use_the_general_writer() -> None:
     assert codec.SCHEMAS[codec.RAW_EVENT_BATCH].writer is None
     assert codec.SCHEMAS[codec.DEFINITION].writer is None  # an enum field
+
+
+def _general_decode(value: bytes, expected: str | None = None) -> object:
+    """What ``codec.decode`` gives (value, or error type and message) with fastavro alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        schemas = {
+            name: dataclasses.replace(schema, reader=None) for name, schema in codec.SCHEMAS.items()
+        }
+        patch.setattr(codec, "SCHEMAS", schemas)
+        patch.setattr(codec, "_BY_FINGERPRINT", {s.fingerprint: s for s in schemas.values()})
+        return _outcome(value, expected)
+
+
+def _outcome(value: bytes, expected: str | None = None) -> object:
+    try:
+        return codec.decode(value, expected)
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+LONGS = st.integers(-(2**63), 2**63 - 1)
+RAW_EVENTS = st.fixed_dictionaries(
+    {
+        "device_id": st.none() | LONGS,
+        "session_id": st.none() | LONGS,
+        "view_id": st.none() | LONGS,
+        "event_time": st.text(),
+        "event_type": st.none() | st.text(),
+        "event_properties": st.text(),
+        "source_type": st.none() | st.text(),
+        "source_properties": st.text(max_size=300),
+    }
+)
+
+
+@given(st.fixed_dictionaries({"ingested_time": LONGS, "events": st.lists(RAW_EVENTS, max_size=5)}))
+def test_the_fast_batch_reader_reads_what_fastavro_reads(record: dict) -> None:
+    schema = codec.SCHEMAS[codec.RAW_EVENT_BATCH]
+    assert schema.reader is not None
+    value = codec.encode(codec.RAW_EVENT_BATCH, record)
+    body = io.BytesIO(value[codec.HEADER_SIZE :])
+    assert schema.reader(value) == schemaless_reader(body, schema.parsed, None) == record
+
+
+def test_only_flat_schemas_get_the_fast_reader() -> None:
+    assert codec.SCHEMAS[codec.RAW_EVENT].reader is not None
+    assert codec.SCHEMAS[codec.EVENT].reader is not None
+    assert codec.SCHEMAS[codec.DEFINITION].reader is None  # an enum and a boolean
+
+
+BATCH = {
+    "ingested_time": 1704067200000,
+    "events": [
+        RAW_EVENT,
+        {**RAW_EVENT, "device_id": 2**63 - 1, "session_id": -(2**63), "event_type": None},
+        {**RAW_EVENT, "event_time": "é\u00e9\u4e2d\U0001f600", "source_properties": "x" * 300},
+    ],
+}
+
+
+def test_every_truncation_decodes_as_fastavro_decodes_it() -> None:
+    value = codec.encode(codec.RAW_EVENT_BATCH, BATCH)
+    for cut in range(codec.HEADER_SIZE, len(value) + 1):
+        outcome = _outcome(value[:cut])
+        assert outcome == _general_decode(value[:cut])
+        assert (outcome == BATCH) == (cut == len(value))
+
+
+@given(st.data())
+def test_corrupt_bytes_decode_as_fastavro_decodes_them(data: st.DataObject) -> None:
+    value = bytearray(codec.encode(codec.RAW_EVENT_BATCH, BATCH))
+    for _ in range(data.draw(st.integers(1, 3))):
+        value[data.draw(st.integers(codec.HEADER_SIZE, len(value) - 1))] = data.draw(
+            st.integers(0, 255)
+        )
+    assert _outcome(bytes(value)) == _general_decode(bytes(value))
+
+
+def _event_body(*, device_id: bytes = b"\x02\x54") -> bytes:
+    """A RawEvent body: the given device_id union, then ordinary fields."""
+    text = b"\x04{}"
+    return device_id + b"\x00\x00" + b"\x02t" + b"\x02\x02c" + text + b"\x02\x02w" + text
+
+
+def _batch_of(event: bytes) -> bytes:
+    """A RawEventBatch body of one block holding ``event``."""
+    return b"\x02" + b"\x02" + event + b"\x00"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A negative block count is followed by the block's size in bytes.
+        b"\x02" + b"\x01" + bytes([len(_event_body()) * 2]) + _event_body() + b"\x00",
+        # Union branch 1 written in two bytes.
+        _batch_of(_event_body(device_id=b"\x82\x00\x54")),
+        # Union branch -1 (fastavro indexes from the end).
+        _batch_of(_event_body(device_id=b"\x01\x54")),
+        # A ten-byte varint for a value past 64 bits, and an eleven-byte one.
+        _batch_of(_event_body(device_id=b"\x02" + b"\xff" * 9 + b"\x7f")),
+        _batch_of(_event_body(device_id=b"\x02" + b"\xff" * 10 + b"\x01")),
+        # The largest and smallest longs.
+        _batch_of(_event_body(device_id=b"\x02" + b"\xfe" + b"\xff" * 8 + b"\x01")),
+        _batch_of(_event_body(device_id=b"\x02" + b"\xff" * 9 + b"\x01")),
+        # A block count far beyond the body.
+        b"\x02" + b"\xfe\xff\xff\xff\x0f" + _event_body() + b"\x00",
+        # A negative string length, and invalid UTF-8.
+        _batch_of(_event_body()[:7] + b"\x03" + _event_body()[8:]),
+        _batch_of(_event_body()[:8] + b"\xff" + _event_body()[9:]),
+        b"\x02\x00\x00",
+    ],
+)
+def test_unusual_encodings_decode_as_fastavro_decodes_them(body: bytes) -> None:
+    value = codec.SCHEMAS[codec.RAW_EVENT_BATCH].header + body
+    assert _outcome(value) == _general_decode(value)
+
+
+def test_unusual_encodings_that_fastavro_accepts_keep_their_values() -> None:
+    header = codec.SCHEMAS[codec.RAW_EVENT_BATCH].header
+    blocked = b"\x02" + b"\x01" + bytes([len(_event_body()) * 2]) + _event_body() + b"\x00"
+    assert codec.decode(header + blocked)["events"][0]["device_id"] == 42
+    smallest = _batch_of(_event_body(device_id=b"\x02" + b"\xff" * 9 + b"\x01"))
+    assert codec.decode(header + smallest)["events"][0]["device_id"] == -(2**63)
