@@ -27,17 +27,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from fsstream import codec, kafka_clients, traffic
 from fsstream.core.layout import events_prefix
 from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
-from fsstream.embedded import EmbeddedPipeline
+from fsstream.embedded import EmbeddedPipeline, scrape
 from fsstream.processes import settings_env
 from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.reorder.worker import send_batches
 from fsstream.settings import Settings
 from fsstream.store import open_store
 from fsstream.topics import create_topics
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TRANSACTION_COST_ROWS = 500
+"""Rows per batch in the transaction cost measurement: a few raw records' worth."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,6 +87,19 @@ class ModeResult:
     core_check_us_per_event: float = 0.0
     core_reorder_events_per_s: float = 0.0
     core_enrich_us_per_event: float = 0.0
+    transactions: int = 0
+    transaction_mean_ms: float = 0.0
+
+
+@dataclass
+class TransactionCost:
+    """One batch of rows published with and without a transaction around it."""
+
+    rows_per_batch: int
+    plain_cpu_us: float
+    plain_ms: float
+    transaction_cpu_us: float
+    transaction_ms: float
 
 
 def bench_batches(
@@ -256,6 +274,61 @@ def time_core(settings: Settings, batches: list[ViewBatch], per_record: int) -> 
     }
 
 
+async def publish_cost(
+    settings: Settings, *, transactional: bool, batches: int, rows: int
+) -> tuple[float, float]:
+    """(CPU µs, wall ms) per batch of ``rows`` rows published as the reorder worker does.
+
+    With ``transactional``, each batch is one transaction holding the rows and an input
+    offset; without it, the same rows go through an idempotent producer and are awaited.
+    """
+    options: dict[str, Any] = {"linger_ms": 0, "client_id": f"{settings.app_id}-txn-cost"}
+    if transactional:
+        options["transactional_id"] = f"{settings.app_id}-txn-cost"
+    else:
+        options["enable_idempotence"] = True
+    producer = kafka_clients.producer(settings, **options)
+    value = b"x" * 300
+    records = [(n % settings.events_partitions, b"%d" % n, value, []) for n in range(rows)]
+    offsets = {TopicPartition(settings.topic_raw, 0): 0}
+    await producer.start()
+    try:
+        cpu = wall = 0.0
+        for n in range(batches + 5):  # five to warm up
+            cpu_at, wall_at = time.process_time(), time.perf_counter()
+            if transactional:
+                await producer.begin_transaction()
+            await asyncio.gather(*await send_batches(producer, settings.topic_events, records))
+            if transactional:
+                offsets = {tp: n for tp in offsets}
+                await producer.send_offsets_to_transaction(offsets, f"{settings.app_id}-cost")
+                await producer.commit_transaction()
+            if n >= 5:
+                cpu += time.process_time() - cpu_at
+                wall += time.perf_counter() - wall_at
+    finally:
+        await producer.stop()
+    return cpu / batches * 1e6, wall / batches * 1e3
+
+
+def transaction_cost(settings: Settings, rows: int, batches: int = 200) -> TransactionCost:
+    """What a transaction adds to publishing one batch, in this process, on fresh topics."""
+    tag = f"txn-{os.getpid()}"
+    settings = settings.model_copy(
+        update={
+            "app_id": f"bench-{tag}",
+            "topic_raw": f"bench.{tag}.raw",
+            "topic_events": f"bench.{tag}.events",
+            "topic_dlq": f"bench.{tag}.dlq",
+            "topic_definitions": f"bench.{tag}.definitions",
+        }
+    )
+    asyncio.run(create_topics(settings))
+    plain = asyncio.run(publish_cost(settings, transactional=False, batches=batches, rows=rows))
+    txn = asyncio.run(publish_cost(settings, transactional=True, batches=batches, rows=rows))
+    return TransactionCost(rows, *plain, *txn)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return 0.0
@@ -322,6 +395,13 @@ def run_mode(
         time.sleep(1.0)
     elapsed = time.monotonic() - started
     cpu = {role: cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items() if pid}
+    reorder_metrics = workers[0].metrics()
+    result.transactions = int(scrape(reorder_metrics, "fsstream_reorder_transaction_seconds_count"))
+    result.transaction_mean_ms = (
+        scrape(reorder_metrics, "fsstream_reorder_transaction_seconds_sum")
+        / max(result.transactions, 1)
+        * 1e3
+    )
     result.events_per_s = produced / elapsed
     result.cpu_s_per_million = sum(cpu.values()) / produced * 1e6
     result.parquet_bytes_per_event = size / max(rows, 1)
@@ -339,7 +419,7 @@ def run_mode(
     return result
 
 
-def report(results: list[ModeResult]) -> str:
+def report(results: list[ModeResult], cost: TransactionCost | None = None) -> str:
     lines = []
     for r in results:
         lines += [
@@ -367,6 +447,16 @@ def report(results: list[ModeResult]) -> str:
             f"  pure core, no Kafka: decode + check {r.core_check_us_per_event:5.1f} µs/event,"
             f" Reorderer {r.core_reorder_events_per_s:8.0f} events/s,"
             f" enrichment {r.core_enrich_us_per_event:5.1f} µs/event",
+            f"  reorder transactions over the backlog: {r.transactions},"
+            f" {r.events / max(r.transactions, 1):.0f} events and"
+            f" {r.transaction_mean_ms:.1f} ms each",
+        ]
+    if cost is not None:
+        lines += [
+            f"== publishing {cost.rows_per_batch} rows, in this process:",
+            f"  without a transaction: {cost.plain_cpu_us:8.0f} CPU-µs, {cost.plain_ms:6.2f} ms",
+            f"  in one transaction:    {cost.transaction_cpu_us:8.0f} CPU-µs,"
+            f" {cost.transaction_ms:6.2f} ms",
         ]
     return "\n".join(lines)
 
@@ -398,8 +488,12 @@ def run_bench(
         for mode in modes:
             per_record = 20 if mode == "batched" else 1
             results.append(run_mode(pipeline, mode, events, per_record, rate, live_seconds, say))
-    print(report(results), flush=True)
-    (workdir / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+        say("the cost of a transaction around one published batch")
+        assert pipeline.settings is not None
+        cost = transaction_cost(pipeline.settings, rows=TRANSACTION_COST_ROWS)
+    print(report(results, cost), flush=True)
+    figures = {"modes": [asdict(r) for r in results], "transaction": asdict(cost)}
+    (workdir / "bench.json").write_text(json.dumps(figures, indent=2))
     return results
 
 

@@ -61,6 +61,12 @@ RAW_TO_OUT_LATENCY = Histogram(
     buckets=(0.1, 0.5, 1, 2, 3, 4, 5, 5.5, 6, 7, 8, 10, 15, 30, 60, 300),
     registry=REGISTRY,
 )
+TRANSACTION_SECONDS = Histogram(
+    "fsstream_reorder_transaction_seconds",
+    "From a batch's transaction beginning to its commit: rows, state, offsets.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
 BUFFERED_ROWS = Gauge(
     "fsstream_sink_buffered_rows",
     "Rows buffered by the sink, not yet in a file.",
