@@ -35,6 +35,7 @@ from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
 from fsstream.embedded import EmbeddedPipeline, scrape
 from fsstream.processes import settings_env
 from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.reorder.agent import OutputRecord
 from fsstream.reorder.worker import send_batches
 from fsstream.settings import Settings
 from fsstream.store import open_store
@@ -289,7 +290,9 @@ async def publish_cost(
         options["enable_idempotence"] = True
     producer = kafka_clients.producer(settings, **options)
     value = b"x" * 300
-    records = [(n % settings.events_partitions, b"%d" % n, value, []) for n in range(rows)]
+    records: list[OutputRecord] = [
+        (n % settings.events_partitions, b"%d" % n, value, []) for n in range(rows)
+    ]
     offsets = {TopicPartition(settings.topic_raw, 0): 0}
     await producer.start()
     try:
