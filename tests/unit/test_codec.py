@@ -148,7 +148,9 @@ def test_body_of_a_different_schema_under_a_known_fingerprint_is_rejected() -> N
             "event_type": st.none() | st.text(max_size=20),
             "event_properties": st.text(),
             "source_type": st.text(max_size=10),
-            "source_properties": st.text(),
+            # Lengths on both sides of the one-, two- and three-byte encodings.
+            "source_properties": st.sampled_from([63, 64, 8191, 8192, 20_000]).map("x".__mul__)
+            | st.text(),
             "ingested_time": st.integers(0, 2**50),
         }
     )
