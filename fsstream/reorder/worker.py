@@ -49,6 +49,7 @@ from fsstream.reorder.agent import (
 )
 from fsstream.reorder.content import KafkaRawLog, RawContent
 from fsstream.reorder.state import Change, PartitionState, catch_up
+from fsstream.runtime import prepare_worker
 from fsstream.settings import Settings
 from fsstream.topics import STATE_RECORD_MAX_BYTES, create_topics
 from fsstream.web import serve
@@ -511,9 +512,5 @@ async def send_batches(
 
 def run_reorder(settings: Settings) -> None:
     """Run a reorder worker until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=settings.log_level.upper().replace("WARN", "WARNING"),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    prepare_worker(settings)
     asyncio.run(ReorderWorker(settings).run())

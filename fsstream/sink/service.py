@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from fsstream import kafka_clients, metrics
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.core.enrich import Catalog
+from fsstream.runtime import prepare_worker
 from fsstream.settings import Settings
 from fsstream.sink.agent import SinkAgent
 from fsstream.sink.definitions_export import DefinitionsExporter
@@ -186,9 +187,5 @@ class SinkService:
 
 def run_sink(settings: Settings) -> None:
     """Run a sink worker until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=settings.log_level.upper().replace("WARN", "WARNING"),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    prepare_worker(settings)
     asyncio.run(SinkService(settings).run())
