@@ -37,6 +37,7 @@ from fsstream.processes import settings_env
 from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
 from fsstream.reorder.agent import OutputRecord
 from fsstream.reorder.worker import send_batches
+from fsstream.runtime import tune_collector
 from fsstream.settings import Settings
 from fsstream.store import open_store
 from fsstream.topics import create_topics
@@ -368,7 +369,8 @@ def run_mode(
     result = ModeResult(mode, produced, len(batches))
     say(f"{mode}: producing {produced} events in {len(batches)} records")
     asyncio.run(produce_batches(settings, batches, linger_ms=20, max_batch_size=1_048_576))
-    say(f"{mode}: the pure core in this process")
+    say(f"{mode}: the pure core in this process, collected as in a worker")
+    tune_collector()
     core = time_core(settings, batches, per_record)
     result.core_check_us_per_event = core["check_us"]
     result.core_reorder_events_per_s = core["reorder_per_s"]

@@ -17,12 +17,17 @@ long-lived view state cost about a third of the reorder worker's CPU.
 
 
 def prepare_worker(settings: Settings) -> None:
-    """Configure logging, then take what is loaded so far out of the collector's scans."""
+    """Configure logging and the garbage collector of a worker process."""
     logging.basicConfig(
         level=settings.log_level.upper().replace("WARN", "WARNING"),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    tune_collector()
+
+
+def tune_collector() -> None:
+    """Freeze what is loaded so far, and collect young objects less often."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
