@@ -16,7 +16,8 @@ def test_bench_measures_both_shapes_end_to_end(tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = {r["mode"]: r for r in json.loads((workdir / "bench.json").read_text())}
+    figures = json.loads((workdir / "bench.json").read_text())
+    results = {r["mode"]: r for r in figures["modes"]}
     assert set(results) == {"batched", "single"}
     assert results["batched"]["records"] < results["single"]["records"]
     for mode, r in results.items():
@@ -29,4 +30,12 @@ def test_bench_measures_both_shapes_end_to_end(tmp_path: Path) -> None:
         assert r["floor_events_per_s"] > 0, mode
         assert r["core_check_us_per_event"] > 0 and r["core_reorder_events_per_s"] > 0, mode
         assert r["core_enrich_us_per_event"] > 0, mode
+        # Every raw record went through a committed transaction, a few records each.
+        assert 0 < r["transactions"] <= r["records"], mode
+        assert r["transaction_mean_ms"] > 0, mode
         assert f"== {mode}: 600 events" in done.stdout
+    cost = figures["transaction"]
+    assert cost["rows_per_batch"] > 0
+    for figure in ("plain_cpu_us", "plain_ms", "transaction_cpu_us", "transaction_ms"):
+        assert cost[figure] > 0, figure
+    assert "in one transaction:" in done.stdout
