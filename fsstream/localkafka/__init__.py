@@ -29,6 +29,15 @@ KAFKA_VERSION = "4.2.0"
 READY_LINE = "Transition from STARTING to STARTED"
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, never starting with "-" (the tool would take it for an
+    option), as Kafka's own ``Uuid.randomUuid`` ensures."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalKafkaError(RuntimeError):
     """The local broker could not be fetched or started; the message says why."""
 
@@ -174,7 +183,7 @@ class LocalKafka:
         )
         classpath = f"{libs}/*"
         log4j = f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}"
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         fmt = subprocess.run(
             [
                 java,
