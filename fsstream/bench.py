@@ -286,6 +286,23 @@ def time_core(settings: Settings, batches: list[ViewBatch], per_record: int) -> 
     }
 
 
+def fresh_topics(settings: Settings, name: str) -> Settings:
+    """``settings`` with an app id, topics and org of their own, the topics created."""
+    tag = f"{name}-{os.getpid()}"
+    settings = settings.model_copy(
+        update={
+            "app_id": f"bench-{tag}",
+            "topic_raw": f"bench.{tag}.raw",
+            "topic_events": f"bench.{tag}.events",
+            "topic_dlq": f"bench.{tag}.dlq",
+            "topic_definitions": f"bench.{tag}.definitions",
+            "org_id": f"bench-{tag}",
+        }
+    )
+    asyncio.run(create_topics(settings))
+    return settings
+
+
 async def publish_cost(
     settings: Settings, *, transactional: bool, batches: int, rows: int
 ) -> tuple[float, float]:
@@ -327,17 +344,7 @@ async def publish_cost(
 
 def transaction_cost(settings: Settings, rows: int, batches: int = 200) -> TransactionCost:
     """What a transaction adds to publishing one batch, in this process, on fresh topics."""
-    tag = f"txn-{os.getpid()}"
-    settings = settings.model_copy(
-        update={
-            "app_id": f"bench-{tag}",
-            "topic_raw": f"bench.{tag}.raw",
-            "topic_events": f"bench.{tag}.events",
-            "topic_dlq": f"bench.{tag}.dlq",
-            "topic_definitions": f"bench.{tag}.definitions",
-        }
-    )
-    asyncio.run(create_topics(settings))
+    settings = fresh_topics(settings, "txn")
     plain = asyncio.run(publish_cost(settings, transactional=False, batches=batches, rows=rows))
     txn = asyncio.run(publish_cost(settings, transactional=True, batches=batches, rows=rows))
     return TransactionCost(rows, *plain, *txn)
@@ -360,19 +367,7 @@ def run_mode(
     say: Any,
 ) -> ModeResult:
     assert pipeline.settings is not None
-    tag = f"{mode}-{os.getpid()}"
-    settings = pipeline.settings.model_copy(
-        update={
-            "app_id": f"bench-{tag}",
-            "topic_raw": f"bench.{tag}.raw",
-            "topic_events": f"bench.{tag}.events",
-            "topic_dlq": f"bench.{tag}.dlq",
-            "topic_definitions": f"bench.{tag}.definitions",
-            "org_id": f"bench-{tag}",
-        }
-    )
-    pipeline.settings = settings
-    asyncio.run(create_topics(settings))
+    settings = pipeline.settings = fresh_topics(pipeline.settings, mode)
     start_ms = hour_floor_ms(time.time_ns() // 1_000_000) - 3 * MS_PER_HOUR
     say(f"{mode}: generating {events} events, {per_record} per raw record")
     batches, produced = bench_batches(events, per_record, start_ms)
