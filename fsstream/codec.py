@@ -67,10 +67,25 @@ _LENGTHS = [
 ]
 """The Avro encoding of each length below 8192 (one or two bytes)."""
 
-_STRING, _LONG, _OPTIONAL = 0, 1, 2
-"""Field kinds of the flat writer; ``_OPTIONAL`` is added to the kind of a nullable field."""
+_Scalar = tuple[str, bool, bool]
+"""(field name, nullable, string rather than long) of a field the flat writer and reader know."""
 
-_PRIMITIVE_KINDS = {"string": _STRING, "long": _LONG, "int": _LONG}
+
+def _scalar(field: dict[str, Any]) -> _Scalar | None:
+    kind = field["type"]
+    nullable = isinstance(kind, list) and len(kind) == 2 and kind[0] == "null"
+    if nullable:
+        kind = kind[1]
+    if kind in ("string", "long"):
+        return (field["name"], nullable, kind == "string")
+    return None
+
+
+def _append_varint(out: bytearray, zigzag: int) -> None:
+    while zigzag > 127:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
 
 
 def _flat_writer(parsed: Any) -> Callable[[dict[str, Any]], bytes] | None:
@@ -79,50 +94,31 @@ def _flat_writer(parsed: Any) -> Callable[[dict[str, Any]], bytes] | None:
     Every record published goes through it: one buffer per record, lengths from a
     table, at about a third of the general writer's cost.
     """
-    fields: list[tuple[str, int]] = []
-    for field in parsed["fields"]:
-        kind = field["type"]
-        if isinstance(kind, str) and kind in _PRIMITIVE_KINDS:
-            fields.append((field["name"], _PRIMITIVE_KINDS[kind]))
-        elif (
-            isinstance(kind, list)
-            and len(kind) == 2
-            and kind[0] == "null"
-            and isinstance(kind[1], str)
-            and kind[1] in _PRIMITIVE_KINDS
-        ):
-            fields.append((field["name"], _OPTIONAL + _PRIMITIVE_KINDS[kind[1]]))
-        else:
-            return None
-    frozen = tuple(fields)
+    fields = [_scalar(field) for field in parsed["fields"]]
+    if None in fields:
+        return None
+    frozen = tuple(field for field in fields if field is not None)
     lengths = _LENGTHS
 
     def write(record: dict[str, Any]) -> bytes:
         out = bytearray()
-        for name, kind in frozen:
+        for name, nullable, string in frozen:
             value = record[name]
-            if kind >= _OPTIONAL:
+            if nullable:
                 if value is None:
                     out.append(0)
                     continue
                 out.append(2)
-                kind -= _OPTIONAL
-            if kind == _STRING:
+            if string:
                 data = value.encode()
                 size = len(data)
                 if size < 8192:
                     out += lengths[size]
-                    out += data
-                    continue
-                zigzag = size << 1
-            else:
-                zigzag = (value << 1) ^ (value >> 63)
-            while zigzag > 127:
-                out.append((zigzag & 0x7F) | 0x80)
-                zigzag >>= 7
-            out.append(zigzag)
-            if kind == _STRING:
+                else:
+                    _append_varint(out, size << 1)
                 out += data
+            else:
+                _append_varint(out, (value << 1) ^ (value >> 63))
         return bytes(out)
 
     return write
@@ -130,10 +126,6 @@ def _flat_writer(parsed: Any) -> Callable[[dict[str, Any]], bytes] | None:
 
 class _Unusual(Exception):
     """A body the fast reader leaves to fastavro, which decides its value or its error."""
-
-
-_Scalar = tuple[str, bool, bool]
-"""(field name, nullable, string rather than long) of a field the fast reader reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,16 +230,6 @@ def _read_parts(value: bytes, parts: tuple[_Part, ...]) -> dict[str, Any]:
     if pos != size:
         raise _Unusual
     return record
-
-
-def _scalar(field: dict[str, Any]) -> _Scalar | None:
-    kind = field["type"]
-    nullable = isinstance(kind, list) and len(kind) == 2 and kind[0] == "null"
-    if nullable:
-        kind = kind[1]
-    if kind in ("string", "long"):
-        return (field["name"], nullable, kind == "string")
-    return None
 
 
 def _flat_reader(parsed: Any) -> Callable[[bytes], dict[str, Any]] | None:
