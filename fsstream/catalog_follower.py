@@ -5,6 +5,9 @@ consumer, so it holds the full version history (the topic keeps old versions as 
 as raw records can be replayed), and keeps following it. ``caught_up`` is set once
 the worker has read up to the end offsets seen at start; agents wait for it before
 they process anything.
+
+A record the catalog cannot take, whatever the reason, is logged and counted as
+refused, and the worker goes on: no definition can stop a worker.
 """
 
 from __future__ import annotations
@@ -46,7 +49,18 @@ class DefinitionsFollower:
                 record.key,
                 record.partition,
                 record.offset,
-                exc,
+                _shorten(str(exc)),
+            )
+        except Exception as exc:
+            metrics.DEFINITIONS_REFUSED.inc()
+            log.error(
+                "definition %r at %d/%d refused: unexpected %s: %s",
+                record.key,
+                record.partition,
+                record.offset,
+                type(exc).__name__,
+                _shorten(str(exc)),
+                exc_info=not isinstance(exc, RecursionError),
             )
         for listener in self.listeners:
             listener(record)
@@ -86,3 +100,8 @@ class DefinitionsFollower:
                         self.caught_up.set()
         finally:
             await consumer.stop()
+
+
+def _shorten(text: str, limit: int = 500) -> str:
+    """A message cut to ``limit`` characters: a refused record may carry a huge rule."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -2,7 +2,7 @@
 
 Every definition is checked on its own and against the definitions already on the
 topic (one active page per URL pattern) before anything is sent, so a file is
-loaded whole or not at all.
+loaded whole or not at all. A missing topic is reported, not created.
 """
 
 from __future__ import annotations
@@ -60,12 +60,17 @@ def to_record(entry: Any, now_ms: int) -> tuple[str, dict[str, Any] | None]:
     if entry.get("deleted") is True:
         return key, None
     rule = entry.get("rule")
+    if not isinstance(rule, str):
+        try:
+            rule = orjson.dumps(rule).decode()
+        except orjson.JSONEncodeError as exc:
+            raise DefinitionError(f"rule cannot be written as JSON: {exc}") from None
     record: dict[str, Any] = {
         "kind": kind,
         "id": definition_id,
         "name": entry.get("name"),
         "state": entry.get("state", "active"),
-        "rule": rule if isinstance(rule, str) else orjson.dumps(rule).decode(),
+        "rule": rule,
         "created_time": entry.get("created_time", now_ms),
         "modified_time": entry.get("modified_time", now_ms),
     }
@@ -75,14 +80,27 @@ def to_record(entry: Any, now_ms: int) -> tuple[str, dict[str, Any] | None]:
 
 
 async def current_catalog(settings: Settings) -> Catalog:
-    """The definitions on the topic now, as the workers see them."""
+    """The definitions on the topic now, as the workers see them.
+
+    Raises DefinitionFileError if the topic does not exist.
+    """
     catalog = Catalog()
-    async for message in read_topic(settings, settings.topic_definitions):
-        value = None if message.value is None else codec.decode(message.value, codec.DEFINITION)
-        try:
-            catalog.apply_record(message.key.decode(), value, message.timestamp)
-        except DefinitionError:
-            continue  # the workers refuse it too
+    topic = settings.topic_definitions
+    try:
+        async for message in read_topic(settings, topic):
+            try:
+                value = (
+                    None if message.value is None else codec.decode(message.value, codec.DEFINITION)
+                )
+                key = message.key.decode() if message.key is not None else ""
+                catalog.apply_record(key, value, message.timestamp)
+            except Exception:
+                continue  # the workers refuse it too
+    except LookupError as exc:
+        if type(exc) is not LookupError:  # a KeyError or IndexError is a bug, not news
+            raise
+        message = f"the definitions topic {topic} does not exist; create it first"
+        raise DefinitionFileError([f"{message} (fsstream topics create)"]) from None
     return catalog
 
 

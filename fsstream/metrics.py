@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from fsstream.core.enrich.matcher import PATHS_TOO_LONG
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -35,6 +41,11 @@ EXPIRED_VIEWS = Counter(
 DLQ_RECORDS = Counter(
     "fsstream_dlq_records", "Records sent to the DLQ.", ["reason"], registry=REGISTRY
 )
+FUTURE_RECORDS = Counter(
+    "fsstream_reorder_future_records",
+    "Raw records stamped further ahead of the clock than stream time may move.",
+    registry=REGISTRY,
+)
 DEFINITIONS_APPLIED = Counter(
     "fsstream_definitions_applied",
     "Definition records applied to the catalog.",
@@ -45,6 +56,21 @@ DEFINITIONS_REFUSED = Counter(
     "Definition records refused (invalid, or a second active page for one URL pattern).",
     registry=REGISTRY,
 )
+
+
+class _PathsTooLong(Collector):
+    """The core's count of raw selectors too long or deep to match, read when scraped."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "fsstream_enrich_paths_too_long",
+            "Raw selectors matched to no element definition because they are longer or "
+            "deeper than a path is read.",
+            value=PATHS_TOO_LONG.value,
+        )
+
+
+REGISTRY.register(_PathsTooLong())
 OPEN_VIEWS = Gauge("fsstream_open_views", "Views with state on this worker.", registry=REGISTRY)
 HELD_EVENTS = Gauge(
     "fsstream_held_events", "Events held for reordering on this worker.", registry=REGISTRY

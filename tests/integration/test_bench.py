@@ -39,3 +39,8 @@ def test_bench_measures_both_shapes_end_to_end(tmp_path: Path) -> None:
     for figure in ("plain_cpu_us", "plain_ms", "transaction_cpu_us", "transaction_ms"):
         assert cost[figure] > 0, figure
     assert "in one transaction:" in done.stdout
+    matching = figures["matching_us"]
+    for series in ("by_path_elements", "by_definitions"):
+        points = matching[series]
+        assert len(points) >= 3 and all(us > 0 for _, us in points), series
+        assert [n for n, _ in points] == sorted(n for n, _ in points), series

@@ -379,3 +379,62 @@ def test_prune_keeps_answers_from_its_timestamp_on() -> None:
         ("e1", 2000),
         ("e3", 3000),
     ]
+
+
+@pytest.mark.parametrize("nesting", [241, 242, 1000])
+def test_a_deeply_nested_selector_is_refused_and_leaves_the_catalog_unchanged(
+    nesting: int,
+) -> None:
+    catalog = Catalog()
+    catalog.apply("element", "ok", definition("element", "ok", {"selector": "button"}), 10)
+    selector = ":is(" * nesting + "a" + ")" * nesting
+    reason = "nested more than 32 deep" if len(selector) <= 4096 else "characters is longer"
+    with pytest.raises(DefinitionError, match=reason):
+        catalog.apply("element", "deep", definition("element", "deep", {"selector": selector}), 20)
+    assert [d.id for d in catalog.current()] == ["ok"]
+    assert catalog.matcher_at(30).elements.match(BUTTON) == ("ok",)
+
+
+def _record(key: str, value: dict[str, Any] | None, offset: int) -> Any:
+    from aiokafka import ConsumerRecord
+
+    from fsstream import codec
+
+    data = None if value is None else codec.encode(codec.DEFINITION, value)
+    return ConsumerRecord(
+        "definitions", 0, offset, 1_000 + offset, 0, key.encode(), data, None, 0, 0, []
+    )
+
+
+def test_the_follower_refuses_any_record_it_cannot_apply_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fsstream import metrics
+    from fsstream.catalog_follower import DefinitionsFollower
+    from fsstream.settings import Settings
+
+    follower = DefinitionsFollower(Settings(), Catalog())
+    seen: list[int] = []
+    follower.listeners.append(lambda record: seen.append(record.offset))
+
+    def refused() -> float:
+        return float(metrics.DEFINITIONS_REFUSED._value.get())
+
+    before = refused()
+    deep = ":is(" * 241 + "a" + ")" * 241
+    follower.apply(_record("element:deep", definition("element", "deep", {"selector": deep}), 0))
+    assert refused() == before + 1
+
+    def explode(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(follower.catalog, "apply_record", explode)
+        follower.apply(_record("element:x", definition("element", "x", {"selector": "a"}), 1))
+    assert refused() == before + 2
+    assert "element:x" in caplog.text and "0/1" in caplog.text and "boom" in caplog.text
+
+    follower.apply(_record("element:ok", definition("element", "ok", {"selector": "a"}), 2))
+    assert refused() == before + 2
+    assert [d.id for d in follower.catalog.current()] == ["ok"]
+    assert seen == [0, 1, 2]

@@ -542,3 +542,17 @@ def test_results_stay_right_when_the_caches_evict() -> None:
             assert m.pages.match({"full_url": url}) == page_id
     assert len(m.elements._cache) == 2
     assert len(m.pages._cache) == 2
+
+
+def test_the_matching_benchmark_reports_linear_figures_for_every_point() -> None:
+    from fsstream.core.enrich import bench
+
+    costs = bench.matching_costs((10, 2_000), (1, 50))
+    assert [n for n, _ in costs["by_path_elements"]] == [10, 2_000]
+    assert [n for n, _ in costs["by_definitions"]] == [1, 50]
+    series = costs["by_path_elements"] + costs["by_definitions"]
+    assert all(us > 0 for _, us in series)
+    (_, short), (_, deep) = costs["by_path_elements"]
+    assert deep < short * 200 * 4  # 200 times the path, within a generous factor
+    lines = bench.describe_matching(costs)
+    assert "by path elements" in lines[0] and "2000:" in lines[0]

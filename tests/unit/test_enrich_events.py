@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from fsstream.core.enrich import DefinitionError
-from fsstream.core.enrich.events import EventRule, compile_event_rule, json_equal
+from fsstream.core.enrich.events import (
+    MAX_PREDICATES,
+    MAX_VALUE_NESTING,
+    EventRule,
+    compile_event_rule,
+    json_equal,
+)
 
 PROPS: dict[str, Any] = {
     "event_name": "Order Completed",
@@ -222,3 +228,57 @@ def test_json_equal(a: Any, b: Any, expected: bool) -> None:
 
 def test_rules_compare_by_content() -> None:
     assert compile_event_rule({"event_type": "click"}) == EventRule("click")
+
+
+def _nested_value(levels: int) -> Any:
+    value: Any = 1
+    for level in range(levels):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_a_value_nested_up_to_the_limit_compares_without_deep_recursion() -> None:
+    value = _nested_value(MAX_VALUE_NESTING)
+    rule = compile_event_rule(
+        {"event_type": "custom", "properties": [{"path": "v", "op": "equals", "value": value}]}
+    )
+    assert rule.properties[0].holds({"v": _nested_value(MAX_VALUE_NESTING)})
+    deep_event_value = _nested_value(5_000)
+    assert not rule.properties[0].holds({"v": deep_event_value})
+    contains = compile_event_rule(
+        {"event_type": "custom", "properties": [{"path": "v", "op": "contains", "value": value}]}
+    )
+    assert not contains.properties[0].holds({"v": [deep_event_value]})
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        (
+            {
+                "event_type": "custom",
+                "properties": [
+                    {"path": "v", "op": "equals", "value": _nested_value(MAX_VALUE_NESTING + 1)}
+                ],
+            },
+            f"nests lists and objects more than {MAX_VALUE_NESTING} deep",
+        ),
+        (
+            {
+                "event_type": "custom",
+                "properties": [{"path": "v", "op": "contains", "value": _nested_value(900)}],
+            },
+            "nests lists and objects more than",
+        ),
+        (
+            {
+                "event_type": "click",
+                "properties": [{"path": "p", "op": "exists"}] * (MAX_PREDICATES + 1),
+            },
+            f"at most {MAX_PREDICATES} are allowed",
+        ),
+    ],
+)
+def test_oversized_rules_are_refused(rule: dict[str, Any], reason: str) -> None:
+    with pytest.raises(DefinitionError, match=reason):
+        compile_event_rule(rule)

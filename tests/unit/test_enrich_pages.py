@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsstream.core.enrich import DefinitionError
-from fsstream.core.enrich.pages import parse_page_pattern, url_parts
+from fsstream.core.enrich.pages import MAX_PATTERN_CHARS, parse_page_pattern, url_parts
 
 
 def matches(pattern: str, url: dict[str, Any]) -> bool:
@@ -248,3 +248,20 @@ def test_any_url_object_is_read_without_error(url: dict[str, Any]) -> None:
     parts = url_parts(url)
     if parts is not None:
         parse_page_pattern("/**").matches(parts)
+
+
+def test_an_oversized_pattern_is_refused() -> None:
+    with pytest.raises(DefinitionError, match=f"longer than the {MAX_PATTERN_CHARS} allowed"):
+        parse_page_pattern("/" + "a/" * MAX_PATTERN_CHARS)
+    parse_page_pattern("/" + "a" * (MAX_PATTERN_CHARS - 1))
+
+
+def test_matching_a_long_url_against_many_wildcards_stays_fast() -> None:
+    import time
+
+    pattern = parse_page_pattern("/" + "/".join(["**", "x"] * 200) + "/y")
+    parts = url_parts({"host": "a.test", "path": "/" + "x/" * 20_000 + "z"})
+    assert parts is not None
+    started = time.perf_counter()
+    assert not pattern.matches(parts)
+    assert time.perf_counter() - started < 5.0

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsstream.core.enrich import DefinitionError
-from fsstream.core.enrich.paths import parse_path
-from fsstream.core.enrich.selectors import compile_selector, match_depth
+from fsstream.core.enrich.paths import PathElement, parse_path
+from fsstream.core.enrich.selectors import (
+    MAX_COMPOUNDS,
+    MAX_NESTING,
+    MAX_SELECTOR_CHARS,
+    ComplexSelector,
+    CompoundSelector,
+    compile_selector,
+    match_depth,
+)
 
 CHECKOUT = "body > div#app > main > form#checkout > button.btn.btn-primary[type=submit]"
 
@@ -361,3 +372,166 @@ def test_any_text_compiles_or_is_refused_with_a_definition_error(text: str) -> N
 def test_any_text_is_a_path_or_none(text: str) -> None:
     path = parse_path(text)
     assert path is None or len(path) >= 1
+
+
+def _nested(depth: int, inner: str = "a") -> str:
+    return ":is(" * depth + inner + ")" * depth
+
+
+def test_nesting_up_to_the_limit_compiles_and_matches() -> None:
+    assert depth(_nested(MAX_NESTING), "div > a") == 1
+    assert depth(":not(" * MAX_NESTING + "b" + ")" * MAX_NESTING, "a") == (
+        1 if MAX_NESTING % 2 else -1
+    )
+
+
+@pytest.mark.parametrize("nesting", [MAX_NESTING + 1, 241, 242, 1000, 100_000])
+def test_deeper_nesting_is_refused_with_a_definition_error(nesting: int) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        compile_selector(_nested(nesting)[:MAX_SELECTOR_CHARS])
+    message = str(caught.value)
+    assert f"nested more than {MAX_NESTING} deep" in message
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("selector", "reason"),
+    [
+        (" ".join(["div"] * (MAX_COMPOUNDS + 1)), f"more than {MAX_COMPOUNDS} compound"),
+        (", ".join(["a"] * (MAX_COMPOUNDS + 1)), f"more than {MAX_COMPOUNDS} compound"),
+        (":is(" + ", ".join(["a b"] * 65) + ")", f"more than {MAX_COMPOUNDS} compound"),
+        ("." + "x" * MAX_SELECTOR_CHARS, f"longer than the {MAX_SELECTOR_CHARS} allowed"),
+        (" ".join(["div"] * 1200), "longer than the"),
+    ],
+)
+def test_oversized_selectors_are_refused(selector: str, reason: str) -> None:
+    with pytest.raises(DefinitionError, match=reason):
+        compile_selector(selector)
+    compile_selector(" ".join(["div"] * MAX_COMPOUNDS))
+
+
+def _reference_depth(selector: ComplexSelector, path: Sequence[PathElement], index: int) -> int:
+    """Every way of anchoring the compounds tried, as the definition of depth says."""
+
+    def extra(compound: CompoundSelector, k: int) -> int:
+        element = path[k]
+        if compound.tag is not None and compound.tag != element.tag:
+            return -1
+        if any(i != element.id for i in compound.ids):
+            return -1
+        if not set(compound.classes) <= element.classes:
+            return -1
+        if not all(t.holds(element.attributes.get(t.name)) for t in compound.attributes):
+            return -1
+        total = 0
+        for pseudo in compound.pseudo_classes:
+            depths = [_reference_depth(arg, path, k) for arg in pseudo.arguments]
+            if pseudo.name == "not":
+                if max(depths) >= 0:
+                    return -1
+            elif max(depths) < 0:
+                return -1
+            elif pseudo.name != "not":
+                total += max(depths) - 1
+        return total
+
+    def anchored(j: int, k: int) -> int:
+        e = extra(selector.compounds[j], k)
+        if e < 0:
+            return -1
+        if j == 0:
+            return e + 1
+        if selector.child[j - 1]:
+            rest = anchored(j - 1, k - 1) if k > 0 else -1
+        else:
+            rest = max((anchored(j - 1, earlier) for earlier in range(k)), default=-1)
+        return -1 if rest < 0 else e + 1 + rest
+
+    return anchored(len(selector.compounds) - 1, index)
+
+
+_SIMPLE = st.builds(
+    lambda tag, parts: tag + "".join(parts) or "*",
+    st.sampled_from(["", "a", "div", "*"]),
+    st.lists(st.sampled_from([".x", ".y", "#i", "[k]", "[k=v]"]), max_size=2),
+)
+
+
+@st.composite
+def _selectors(draw: st.DrawFn, nesting: int = 0) -> str:
+    text = ""
+    for n in range(draw(st.integers(1, 4))):
+        if n:
+            text += draw(st.sampled_from([" ", " > "]))
+        compound = draw(_SIMPLE)
+        if nesting < 2 and draw(st.booleans()):
+            arguments = draw(st.lists(_selectors(nesting + 1), min_size=1, max_size=2))
+            name = draw(st.sampled_from(["is", "where", "not"]))
+            compound += f":{name}({', '.join(arguments)})"
+        text += compound
+    return text
+
+
+_ELEMENT = st.builds(
+    lambda tag, parts: tag + "".join(parts),
+    st.sampled_from(["a", "div", "span"]),
+    st.lists(st.sampled_from([".x", ".y", "#i", "[k]", "[k=v]"]), max_size=2),
+)
+
+
+@settings(max_examples=250)
+@given(_selectors(), st.lists(_ELEMENT, min_size=1, max_size=7).map(" > ".join))
+def test_matching_agrees_with_trying_every_anchoring(selector: str, raw: str) -> None:
+    path = parse_path(raw)
+    assert path is not None
+    for alternative in compile_selector(selector).alternatives:
+        for index in range(len(path)):
+            expected = _reference_depth(alternative, path, index)
+            assert match_depth(alternative, path, index) == expected
+
+
+def _deep_path(elements: int, root: str = "div") -> tuple[PathElement, ...]:
+    raw = " > ".join([root, *["div"] * (elements - 2), "a"])
+    path = parse_path(raw, max_chars=len(raw), max_elements=elements)
+    assert path is not None
+    return path
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "body div a",
+        "body div div div a",
+        "body > div a",
+        ":is(body div) a",
+        "div:not(body div) div a",
+        " ".join(["div"] * (MAX_COMPOUNDS - 1) + ["a"]),
+        " > ".join(["div"] * (MAX_COMPOUNDS - 1) + ["a"]),
+        _nested(MAX_NESTING, "body div a"),
+    ],
+)
+def test_matching_a_deep_path_takes_linear_time_and_no_deep_recursion(selector: str) -> None:
+    path = _deep_path(8_000)
+    (alternative,) = compile_selector(selector).alternatives
+    started = time.perf_counter()
+    found = match_depth(alternative, path, len(path) - 1)
+    assert time.perf_counter() - started < 2.0
+    if "body" in selector and "not" not in selector:
+        assert found == -1
+        assert match_depth(alternative, _deep_path(8_000, "body"), len(path) - 1) >= 0
+    else:
+        assert found >= 0
+
+
+def test_matching_time_grows_linearly_with_the_path() -> None:
+    (alternative,) = compile_selector("body div a").alternatives
+
+    def cost(elements: int) -> float:
+        path = _deep_path(elements)
+        started = time.perf_counter()
+        for _ in range(3):
+            match_depth(alternative, path, len(path) - 1)
+        return time.perf_counter() - started
+
+    cost(1_000)
+    assert cost(16_000) < 40 * max(cost(2_000), 1e-4)

@@ -4,6 +4,10 @@ Builds a catalog of 50 element, 20 page and 20 event definitions and a stream of
 varied events whose selectors and URLs repeat with a long-tailed distribution, as
 real traffic does, then reports the time per event of ``matcher_at`` (once per raw
 record of 20 events) plus ``enrich``, for a cold start and for warm caches.
+
+``matching_costs`` times one uncached element match against deep paths and many
+definitions, the worst case hostile events can ask for: it grows linearly with the
+path's length and with the number of definitions.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 import orjson
 
 from fsstream.core.enrich.catalog import Catalog
-from fsstream.core.enrich.matcher import enrich
+from fsstream.core.enrich.definitions import parse_definition
+from fsstream.core.enrich.matcher import ElementMatcher, enrich
 
 EventTuple = tuple[str, dict[str, Any], dict[str, Any]]
 
@@ -352,6 +357,91 @@ def run_enrichment(
     return time.perf_counter() - start
 
 
+MATCH_PATH_LENGTHS = (10, 100, 1_000, 4_000, 8_000)
+MATCH_DEFINITION_COUNTS = (1, 10, 100, 1_000)
+_MATCH_SHAPES = (
+    "body div a",
+    "div.c > div a.t",
+    ":is(main, div.c) div a",
+    "body div:not(.x) a.t",
+    "div div div a",
+)
+
+
+def deep_raw_selector(elements: int) -> str:
+    """A path ``elements`` deep: body, then ``div.c`` elements, then the target ``a.t``."""
+    return " > ".join(["body", *["div.c"] * (elements - 2), "a.t"])
+
+
+def matching_definitions(count: int) -> ElementMatcher:
+    """``count`` element definitions, all targeting the deep path's ``a.t`` and all
+    matching it, so every one is tried against every ancestor."""
+    definitions = [
+        parse_definition(
+            definition("element", i, {"selector": _MATCH_SHAPES[i % len(_MATCH_SHAPES)]})
+        )
+        for i in range(count)
+    ]
+    bound = max(MATCH_PATH_LENGTHS)
+    return ElementMatcher(definitions, max_path_chars=bound * 8, max_path_elements=bound)
+
+
+def match_cost(elements: ElementMatcher, raw_selector: str, budget_s: float = 0.05) -> float:
+    """Seconds for one uncached match, the best of as many runs as fit ``budget_s``."""
+    best = float("inf")
+    spent = 0.0
+    while spent < budget_s:
+        start = time.perf_counter()
+        elements._match(raw_selector)
+        took = time.perf_counter() - start
+        best = min(best, took)
+        spent += took
+        if took > budget_s / 3:
+            break
+    return best
+
+
+def matching_costs(
+    path_lengths: tuple[int, ...] = MATCH_PATH_LENGTHS,
+    definition_counts: tuple[int, ...] = MATCH_DEFINITION_COUNTS,
+    *,
+    definitions_for_paths: int = 10,
+    path_for_definitions: int = 100,
+) -> dict[str, Any]:
+    """µs per uncached element match: by path length (``definitions_for_paths``
+    definitions), and by definition count (a ``path_for_definitions``-element path)."""
+    elements = matching_definitions(definitions_for_paths)
+    by_path = [[float(n), match_cost(elements, deep_raw_selector(n)) * 1e6] for n in path_lengths]
+    raw = deep_raw_selector(path_for_definitions)
+    by_count = [
+        [float(n), match_cost(matching_definitions(n), raw) * 1e6] for n in definition_counts
+    ]
+    return {
+        "by_path_elements": by_path,
+        "definitions_for_paths": definitions_for_paths,
+        "by_definitions": by_count,
+        "path_for_definitions": path_for_definitions,
+    }
+
+
+def describe_matching(costs: dict[str, Any]) -> list[str]:
+    """Report lines for ``matching_costs``, each figure with its growth over the first."""
+
+    def series(points: list[list[float]]) -> str:
+        first_n, first_us = points[0]
+        return ", ".join(
+            f"{int(n)}: {us:,.0f} µs (x{us / max(first_us, 1e-9):,.0f} for x{n / first_n:,.0f})"
+            for n, us in points
+        )
+
+    definitions = costs["definitions_for_paths"]
+    elements = costs["path_for_definitions"]
+    return [
+        f"  by path elements ({definitions} definitions): {series(costs['by_path_elements'])}",
+        f"  by definitions ({elements}-element path): {series(costs['by_definitions'])}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -380,6 +470,8 @@ def main() -> None:
             elements._match(selector)
         uncached = min(uncached, (time.perf_counter() - start) / len(load.selectors))
     print(f"one uncached element match (50 definitions): {uncached * 1e6:.1f} us")
+    print("one uncached element match against deep paths, all definitions matching:")
+    print("\n".join(describe_matching(matching_costs())))
 
 
 if __name__ == "__main__":

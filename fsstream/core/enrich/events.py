@@ -14,6 +14,10 @@ contain a dot cannot be reached. The operators:
 A rule naming an element or page definition matches only while that definition
 matched the event too; naming one that does not exist is not an error (definitions
 arrive in any order) and simply never matches.
+
+A rule holds at most ``MAX_PREDICATES`` property tests, and a test's ``value`` nests
+lists and objects at most ``MAX_VALUE_NESTING`` deep: comparing it with an event's
+value recurses no deeper than that, whatever the event holds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 from fsstream.core.enrich.errors import DefinitionError
 
 OPERATORS = ("equals", "contains", "exists", "gt", "lt")
+MAX_PREDICATES = 64
+MAX_VALUE_NESTING = 32
 
 _RULE_KEYS = frozenset({"event_type", "element_definition_id", "page_definition_id", "properties"})
 _PREDICATE_KEYS = frozenset({"path", "op", "value"})
@@ -97,6 +103,10 @@ def compile_event_rule(rule: Mapping[str, Any]) -> EventRule:
         properties = []
     if not isinstance(properties, list):
         raise DefinitionError("event rule 'properties' must be a list")
+    if len(properties) > MAX_PREDICATES:
+        raise DefinitionError(
+            f"event rule has {len(properties)} properties; at most {MAX_PREDICATES} are allowed"
+        )
     predicates = tuple(_predicate(i, item) for i, item in enumerate(properties))
     return EventRule(event_type, element_id, page_id, predicates)
 
@@ -148,6 +158,10 @@ def _predicate(index: int, item: Any) -> PropertyPredicate:
         raise DefinitionError(f"{where}: op {op!r} needs a 'value'")
     if op in ("gt", "lt") and not (_is_number(value) and math.isfinite(value)):
         raise DefinitionError(f"{where}: op {op!r} needs a number 'value'")
+    if _nesting(value) > MAX_VALUE_NESTING:
+        raise DefinitionError(
+            f"{where}: 'value' nests lists and objects more than {MAX_VALUE_NESTING} deep"
+        )
     return PropertyPredicate(parts, op, value)
 
 
@@ -195,6 +209,26 @@ def _comparison(op: str, value: Any) -> Callable[[Any], bool]:
     if op == "gt":
         return lambda actual: (type(actual) is int or type(actual) is float) and actual > value
     return lambda actual: (type(actual) is int or type(actual) is float) and actual < value
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value, found without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_VALUE_NESTING:
+                break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _is_number(value: Any) -> bool:

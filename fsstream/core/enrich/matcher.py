@@ -4,6 +4,11 @@ one event with them.
 Real traffic repeats a small set of selectors and URLs, so element and page results
 are remembered per raw selector and per URL in bounded LRU caches that live as long
 as the definitions they were computed with.
+
+Raw selectors are event data: one longer than ``MAX_PATH_CHARS`` characters or deeper
+than ``MAX_PATH_ELEMENTS`` elements matches no element definition, and is counted in
+``PATHS_TOO_LONG``; one longer than ``CACHED_SELECTOR_CHARS`` is matched every time
+rather than remembered, so the caches' memory stays bounded.
 """
 
 from __future__ import annotations
@@ -16,11 +21,17 @@ from typing import Any, cast
 from fsstream.core.enrich.definitions import Definition
 from fsstream.core.enrich.events import EventRule, PropertyPredicate
 from fsstream.core.enrich.pages import PagePattern, url_parts
-from fsstream.core.enrich.paths import parse_path
-from fsstream.core.enrich.selectors import ComplexSelector, ElementSelector, match_depth
+from fsstream.core.enrich.paths import (
+    MAX_PATH_CHARS,
+    MAX_PATH_ELEMENTS,
+    PathTooLong,
+    parse_path,
+)
+from fsstream.core.enrich.selectors import ComplexSelector, ElementSelector, PathMatch
 
 ELEMENT_CACHE_SIZE = 8192
 PAGE_CACHE_SIZE = 4096
+CACHED_SELECTOR_CHARS = 4096
 
 PAGE_DEFINITION_ID = "page_definition_id"
 ELEMENT_DEFINITION_ID = "element_definition_id"
@@ -29,6 +40,19 @@ EVENT_DEFINITION_ID = "event_definition_id"
 ADDITIONAL_EVENT_DEFINITION_IDS = "additional_event_definition_ids"
 
 _MISS: Any = object()
+
+
+class Tally:
+    """A count kept by the core, for a worker's metrics to read."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+PATHS_TOO_LONG = Tally()
+"""Raw selectors not matched because they are longer or deeper than a path is read."""
 
 _Candidate = tuple[ComplexSelector, int]
 _CompiledEvent = tuple[str, str | None, str | None, tuple[PropertyPredicate, ...]]
@@ -50,13 +74,22 @@ class ElementMatcher:
         "_cache",
         "_cache_size",
         "_ids",
+        "_max_chars",
+        "_max_elements",
         "_tie_breaks",
         "_universal",
     )
 
     def __init__(
-        self, definitions: Sequence[Definition], cache_size: int = ELEMENT_CACHE_SIZE
+        self,
+        definitions: Sequence[Definition],
+        cache_size: int = ELEMENT_CACHE_SIZE,
+        *,
+        max_path_chars: int = MAX_PATH_CHARS,
+        max_path_elements: int = MAX_PATH_ELEMENTS,
     ) -> None:
+        self._max_chars = max_path_chars
+        self._max_elements = max_path_elements
         self._ids = [d.id for d in definitions]
         self._tie_breaks = [(d.created_time, d.id) for d in definitions]
         self._by_id: dict[str, list[_Candidate]] = {}
@@ -83,6 +116,8 @@ class ElementMatcher:
         """Ids of the element definitions matching the path, best first."""
         if not self._ids:
             return ()
+        if len(raw_selector) > CACHED_SELECTOR_CHARS:
+            return self._match(raw_selector)
         cache = self._cache
         hit = cache.get(raw_selector)
         if hit is not None:
@@ -95,7 +130,13 @@ class ElementMatcher:
         return result
 
     def _match(self, raw_selector: str) -> tuple[str, ...]:
-        path = parse_path(raw_selector)
+        try:
+            path = parse_path(
+                raw_selector, max_chars=self._max_chars, max_elements=self._max_elements
+            )
+        except PathTooLong:
+            PATHS_TOO_LONG.value += 1
+            return ()
         if path is None:
             return ()
         index = len(path) - 1
@@ -107,8 +148,9 @@ class ElementMatcher:
             candidates += self._by_class.get(token, ())
         candidates += self._by_tag.get(target.tag, ())
         best: dict[int, tuple[int, int, int, int]] = {}
+        on_path = PathMatch(path, index)
         for alternative, definition in candidates:
-            depth = match_depth(alternative, path, index)
+            depth = on_path.depth(alternative)
             if depth < 0:
                 continue
             score = (*alternative.specificity, depth)

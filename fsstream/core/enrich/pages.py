@@ -20,6 +20,9 @@ Grammar: ``[host]/path[?query][#fragment]``.
 The normalized form (lower-case host, no port, no trailing slash, canonical percent
 encoding, merged wildcard runs, sorted query constraints) identifies the URLs a
 pattern matches; no two active pages may share it.
+
+A pattern is at most ``MAX_PATTERN_CHARS`` characters. Matching never recurses: it
+takes time at most the pattern's segments times the URL's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Wildcard(Enum):
 Segment = str | Wildcard
 QueryConstraint = tuple[str, str | None]
 PageRank = tuple[int, int, int, int, int]
+
+MAX_PATTERN_CHARS = 4_096
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PORT = re.compile(r":\d*$")
@@ -112,6 +117,10 @@ def parse_page_pattern(text: str) -> PagePattern:
     """Parse and normalize a page pattern, refusing what the grammar does not allow."""
     if not isinstance(text, str) or not text.strip():
         raise DefinitionError("url pattern must be a non-empty string")
+    if len(text) > MAX_PATTERN_CHARS:
+        raise DefinitionError(
+            f"url pattern of {len(text)} characters is longer than the {MAX_PATTERN_CHARS} allowed"
+        )
     if any(c.isspace() for c in text):
         raise DefinitionError(f"url pattern {text!r}: whitespace is not allowed")
     rest = _SCHEME.sub("", text, count=1)

@@ -14,10 +14,16 @@ attribute values are CSS strings and are taken literally.
 
 Tag and attribute names compare case-insensitively (HTML); ids, classes and attribute
 values compare exactly unless the attribute selector carries the ``i`` flag.
+
+A selector is refused past ``MAX_SELECTOR_CHARS`` characters, ``MAX_COMPOUNDS``
+compound selectors (nested ones included) or ``MAX_NESTING`` levels of ``:is()``,
+``:where()`` and ``:not()``, so compiling and matching one stays cheap. Matching takes
+time linear in the path's length times the selector's size (``PathMatch``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +31,13 @@ from fsstream.core.enrich.errors import DefinitionError
 from fsstream.core.enrich.paths import PathElement, decode_token
 
 Specificity = tuple[int, int, int]
+
+MAX_SELECTOR_CHARS = 4_096
+"""The longest selector a definition may have."""
+MAX_COMPOUNDS = 128
+"""The most compound selectors one definition's selector may hold, nested ones included."""
+MAX_NESTING = 32
+"""The deepest nesting of ``:is()``, ``:where()`` and ``:not()``."""
 
 _WHITESPACE = " \t\n\r\f"
 _HEX = "0123456789abcdefABCDEF"
@@ -103,21 +116,16 @@ class ComplexSelector:
     """Compound selectors joined by combinators, the target's compound last.
 
     ``child[k]`` is True when ``compounds[k]`` must be the parent of
-    ``compounds[k + 1]`` and False when it may be any ancestor. ``fixed_depth`` says
-    every match has the same depth, so the first match found is as deep as any.
+    ``compounds[k + 1]`` and False when it may be any ancestor.
     """
 
     compounds: tuple[CompoundSelector, ...]
     child: tuple[bool, ...]
     specificity: Specificity = field(init=False)
-    fixed_depth: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "specificity", _sum(_compound_specificity(c) for c in self.compounds)
-        )
-        object.__setattr__(
-            self, "fixed_depth", all(_compound_has_fixed_depth(c) for c in self.compounds)
         )
 
 
@@ -133,6 +141,10 @@ def compile_selector(text: str) -> ElementSelector:
     """Parse a definition's selector, refusing what one element path cannot decide."""
     if not isinstance(text, str) or not text.strip():
         raise DefinitionError("selector must be a non-empty string")
+    if len(text) > MAX_SELECTOR_CHARS:
+        raise DefinitionError(
+            f"selector of {len(text)} characters is longer than the {MAX_SELECTOR_CHARS} allowed"
+        )
     return ElementSelector(text, _SelectorParser(text).parse())
 
 
@@ -144,12 +156,155 @@ def match_depth(selector: ComplexSelector, path: Sequence[PathElement], index: i
     ancestors anchored by the deepest matching argument (``:not()`` anchors nothing).
     Where a descendant combinator allows several matches, the deepest counts.
     """
-    compounds = selector.compounds
-    last = len(compounds) - 1
-    if last == 0:
-        extra = _compound_extra(compounds[0], path, index)
-        return extra + 1 if extra >= 0 else -1
-    return _anchored(selector, last, path, index, {})
+    if not 0 <= index < len(path):
+        return -1
+    return PathMatch(path, index).depth(selector)
+
+
+class PathMatch:
+    """Selectors matched against one path, the target at ``path[index]``.
+
+    Compounds are anchored left to right: for each compound, the positions where the
+    selector up to it matches, with the best depth there, found from the previous
+    compound's positions (a prefix maximum for the descendant combinator). Each
+    (compound, position) pair is decided once, so a selector costs at most its size
+    times the path's length, and the only recursion is into ``:is()``/``:where()``/
+    ``:not()`` arguments, as deep as their nesting (``MAX_NESTING``). Candidate
+    positions come from an index of the path by id, class and tag, so a compound
+    looks only at the elements that could satisfy it.
+    """
+
+    __slots__ = ("_by_class", "_by_id", "_by_tag", "_results", "index", "path")
+
+    def __init__(self, path: Sequence[PathElement], index: int) -> None:
+        self.path = path
+        self.index = index
+        self._results: dict[int, dict[int, int]] = {}
+        self._by_tag: dict[str, list[int]] | None = None
+        self._by_id: dict[str, list[int]] = {}
+        self._by_class: dict[str, list[int]] = {}
+
+    def depth(self, selector: ComplexSelector) -> int:
+        """``match_depth`` of ``selector`` at the target."""
+        compounds = selector.compounds
+        index = self.index
+        extra = self._extra(compounds[-1], index)
+        if extra < 0:
+            return -1
+        if len(compounds) == 1:
+            return extra + 1
+        before = self._anchors(selector, len(compounds) - 1, index - 1)
+        parent = selector.child[-1]
+        rest = before.get(index - 1, -1) if parent else max(before.values(), default=-1)
+        return -1 if rest < 0 else extra + 1 + rest
+
+    def _anchors(self, selector: ComplexSelector, count: int, upto: int) -> dict[int, int]:
+        """Position → best depth of ``compounds[:count]`` with its last compound there,
+        for positions up to ``upto``, in increasing position order."""
+        compounds = selector.compounds
+        child = selector.child
+        found: dict[int, int] = {}
+        for j in range(count):
+            compound = compounds[j]
+            anchored: dict[int, int] = {}
+            if j == 0:
+                for k in self._positions(compound, 0, upto):
+                    extra = self._extra(compound, k)
+                    if extra >= 0:
+                        anchored[k] = extra + 1
+            elif child[j - 1]:
+                for k, rest in found.items():
+                    if k >= upto:
+                        break
+                    extra = self._extra(compound, k + 1)
+                    if extra >= 0:
+                        anchored[k + 1] = extra + 1 + rest
+            else:
+                earlier = list(found.items())
+                i = 0
+                best = -1
+                for k in self._positions(compound, earlier[0][0] + 1, upto):
+                    while i < len(earlier) and earlier[i][0] < k:
+                        if earlier[i][1] > best:
+                            best = earlier[i][1]
+                        i += 1
+                    extra = self._extra(compound, k)
+                    if extra >= 0:
+                        anchored[k] = extra + 1 + best
+            found = anchored
+            if not found:
+                break
+        return found
+
+    def _positions(self, compound: CompoundSelector, first: int, last: int) -> Sequence[int]:
+        """Positions from ``first`` to ``last`` where ``compound`` might match."""
+        if first > last:
+            return ()
+        if compound.ids or compound.classes or compound.tag is not None:
+            if self._by_tag is None:
+                self._index()
+            if compound.ids:
+                candidates = self._by_id.get(compound.ids[0], [])
+            elif compound.classes:
+                candidates = self._by_class.get(compound.classes[0], [])
+            else:
+                assert self._by_tag is not None
+                candidates = self._by_tag.get(compound.tag or "", [])
+            return candidates[bisect_left(candidates, first) : bisect_right(candidates, last)]
+        return range(first, last + 1)
+
+    def _index(self) -> None:
+        by_tag: dict[str, list[int]] = {}
+        by_id = self._by_id
+        by_class = self._by_class
+        for k, element in enumerate(self.path[: self.index + 1]):
+            by_tag.setdefault(element.tag, []).append(k)
+            if element.id is not None:
+                by_id.setdefault(element.id, []).append(k)
+            for token in element.classes:
+                by_class.setdefault(token, []).append(k)
+        self._by_tag = by_tag
+
+    def _argument(self, selector: ComplexSelector) -> dict[int, int]:
+        """Position → depth of a pseudo-class argument, for every position at once."""
+        key = id(selector)
+        known = self._results.get(key)
+        if known is None:
+            known = self._anchors(selector, len(selector.compounds), self.index)
+            self._results[key] = known
+        return known
+
+    def _extra(self, compound: CompoundSelector, k: int) -> int:
+        """-1 if ``compound`` does not match ``path[k]``, else the extra depth it anchors."""
+        element = self.path[k]
+        if compound.tag is not None and compound.tag != element.tag:
+            return -1
+        for id_ in compound.ids:
+            if id_ != element.id:
+                return -1
+        if compound.class_set and not compound.class_set <= element.classes:
+            return -1
+        if compound.attributes:
+            attributes = element.attributes
+            for test in compound.attributes:
+                if not test.holds(attributes.get(test.name)):
+                    return -1
+        extra = 0
+        for pseudo in compound.pseudo_classes:
+            if pseudo.name == "not":
+                for arg in pseudo.arguments:
+                    if self._argument(arg).get(k, -1) >= 0:
+                        return -1
+                continue
+            best = -1
+            for arg in pseudo.arguments:
+                depth = self._argument(arg).get(k, -1)
+                if depth > best:
+                    best = depth
+            if best < 0:
+                return -1
+            extra += best - 1
+        return extra
 
 
 def _has_whitespace(text: str) -> bool:
@@ -177,81 +332,6 @@ def _compound_specificity(compound: CompoundSelector) -> Specificity:
     return (a, b, c)
 
 
-def _compound_has_fixed_depth(compound: CompoundSelector) -> bool:
-    return all(
-        pseudo.name == "not"
-        or all(len(arg.compounds) == 1 and arg.fixed_depth for arg in pseudo.arguments)
-        for pseudo in compound.pseudo_classes
-    )
-
-
-def _compound_extra(compound: CompoundSelector, path: Sequence[PathElement], index: int) -> int:
-    """-1 if ``compound`` does not match ``path[index]``, else the extra depth it anchors."""
-    element = path[index]
-    if compound.tag is not None and compound.tag != element.tag:
-        return -1
-    for id_ in compound.ids:
-        if id_ != element.id:
-            return -1
-    if compound.class_set and not compound.class_set <= element.classes:
-        return -1
-    if compound.attributes:
-        attributes = element.attributes
-        for test in compound.attributes:
-            if not test.holds(attributes.get(test.name)):
-                return -1
-    extra = 0
-    for pseudo in compound.pseudo_classes:
-        if pseudo.name == "not":
-            for arg in pseudo.arguments:
-                if match_depth(arg, path, index) >= 0:
-                    return -1
-            continue
-        best = -1
-        for arg in pseudo.arguments:
-            depth = match_depth(arg, path, index)
-            if depth > best:
-                best = depth
-        if best < 0:
-            return -1
-        extra += best - 1
-    return extra
-
-
-def _anchored(
-    selector: ComplexSelector,
-    j: int,
-    path: Sequence[PathElement],
-    index: int,
-    memo: dict[int, int],
-) -> int:
-    """Depth of ``compounds[:j + 1]`` matched with ``compounds[j]`` on ``path[index]``."""
-    if j == 0:
-        extra = _compound_extra(selector.compounds[0], path, index)
-        return extra + 1 if extra >= 0 else -1
-    key = (j << 32) | index
-    known = memo.get(key)
-    if known is not None:
-        return known
-    extra = _compound_extra(selector.compounds[j], path, index)
-    rest = -1
-    if extra < 0:
-        pass
-    elif selector.child[j - 1]:
-        if index > 0:
-            rest = _anchored(selector, j - 1, path, index - 1, memo)
-    else:
-        for k in range(index - 1, -1, -1):
-            depth = _anchored(selector, j - 1, path, k, memo)
-            if depth > rest:
-                rest = depth
-                if selector.fixed_depth:
-                    break
-    result = -1 if rest < 0 else extra + 1 + rest
-    memo[key] = result
-    return result
-
-
 def _skip_ws(text: str, pos: int) -> int:
     n = len(text)
     while pos < n and text[pos] in _WHITESPACE:
@@ -269,10 +349,13 @@ class _SelectorParser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.nesting = 0
+        self.compounds = 0
 
     def error(self, reason: str, pos: int | None = None) -> DefinitionError:
         at = self.pos if pos is None else pos
-        return DefinitionError(f"selector {self.text!r}: {reason} (at position {at})")
+        shown = repr(self.text) if len(self.text) <= 120 else repr(self.text[:100]) + "..."
+        return DefinitionError(f"selector {shown}: {reason} (at position {at})")
 
     def peek(self, ahead: int = 0) -> str:
         at = self.pos + ahead
@@ -336,6 +419,9 @@ class _SelectorParser:
                 raise self.error(f"unexpected {c!r}")
 
     def compound(self) -> CompoundSelector:
+        self.compounds += 1
+        if self.compounds > MAX_COMPOUNDS:
+            raise self.error(f"more than {MAX_COMPOUNDS} compound selectors")
         start = self.pos
         tag: str | None = None
         c = self.peek()
@@ -505,9 +591,15 @@ class _SelectorParser:
         if name in ("is", "where", "not"):
             if self.peek() != "(":
                 raise self.error(f"':{name}' needs a selector list in parentheses")
+            self.nesting += 1
+            if self.nesting > MAX_NESTING:
+                raise self.error(
+                    f":is(), :where() and :not() nested more than {MAX_NESTING} deep", start
+                )
             self.pos += 1
             arguments = self.selector_list(nested=True)
             self.pos += 1
+            self.nesting -= 1
             return PseudoClass(name, arguments)
         if name in _LEGACY_PSEUDO_ELEMENTS:
             raise self.error(f"the pseudo-element ':{name}' is never an event target", start)
