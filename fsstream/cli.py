@@ -11,13 +11,51 @@ from typing import Any
 
 import click
 import orjson
+from aiokafka.errors import AuthenticationFailedError, KafkaConnectionError
+from pydantic import ValidationError
 
 from fsstream.export.cli import export
-from fsstream.settings import Settings, settings_from
+from fsstream.settings import Settings, settings_from, settings_problems
 
 
 def _settings(ctx: click.Context, **extra: Any) -> Settings:
-    return settings_from({**ctx.obj, **extra})
+    from fsstream.runtime import redact_output
+
+    settings = settings_from({**ctx.obj, **extra})
+    redact_output(settings)
+    return settings
+
+
+class _Main(click.Group):
+    """The command group; bad settings and refused connections end in one clear message.
+
+    Neither message quotes a setting's value: a validation error lists the variables and
+    what is wrong with each, a connection error the brokers, protocol and user.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            if error.title != Settings.__name__:
+                raise
+            problems = "\n  ".join(settings_problems(error))
+            raise click.ClickException(f"invalid settings:\n  {problems}") from None
+        except (KafkaConnectionError, AuthenticationFailedError) as error:
+            raise click.ClickException(_connection_failure(ctx, error)) from None
+
+
+def _connection_failure(ctx: click.Context, error: Exception) -> str:
+    from fsstream import kafka_clients
+    from fsstream.runtime import Redactor
+
+    settings = settings_from(ctx.obj or {})
+    try:
+        reason = asyncio.run(kafka_clients.connection_problem(settings)) or str(error)
+    except Exception as probe_error:
+        reason = f"{error}; {probe_error}"
+    where = kafka_clients.describe_connection(settings)
+    return Redactor(settings.secret_values())(f"no connection to Kafka at {where}: {reason}")
 
 
 def _echo_json(obj: Any) -> None:
@@ -25,7 +63,7 @@ def _echo_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--broker", "broker_url", help="Kafka brokers (overrides FSSTREAM_BROKER_URL).")
 @click.option("--warehouse", "warehouse_url", help="file://DIR or s3://BUCKET/PREFIX.")
 @click.pass_context

@@ -1,14 +1,46 @@
-"""aiokafka clients configured from settings (brokers, SASL/TLS), for the CLI commands."""
+"""aiokafka clients configured from settings (brokers, SASL/TLS), for the CLI commands.
+
+A client that cannot start (wrong password, untrusted certificate, no broker) closes
+itself before the error propagates, and ``connection_problem`` tells why it could not.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 
 from fsstream.settings import Settings
+
+PROBE_TIMEOUT_S = 15.0
+
+
+class _Producer(AIOKafkaProducer):
+    """A producer that releases its connections when ``start`` fails."""
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+
+class _Admin(AIOKafkaAdminClient):
+    """An admin client that releases its connections when ``start`` fails."""
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -21,7 +53,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "client_id": f"{settings.app_id}-cli",
     }
     options.update(overrides)
-    return AIOKafkaProducer(**settings.kafka_client_options(), **options)
+    return _Producer(**settings.kafka_client_options(), **options)
 
 
 def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
@@ -46,7 +78,12 @@ async def start(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     aiokafka's group-less coordinator starts a task that, cancelled before its first
     step, makes ``stop()`` raise CancelledError; one loop iteration lets it begin.
     """
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise
     await asyncio.sleep(0)
     return consumer
 
@@ -66,6 +103,53 @@ async def assign_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> list[
 
 
 def admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        **settings.kafka_client_options(), client_id=f"{settings.app_id}-admin"
-    )
+    return _Admin(**settings.kafka_client_options(), client_id=f"{settings.app_id}-admin")
+
+
+def describe_connection(settings: Settings) -> str:
+    """Where and how fsstream connects: brokers, protocol, mechanism and user (no secret)."""
+    text = f"{','.join(settings.bootstrap_servers)} ({settings.security_protocol}"
+    if settings.security_protocol.startswith("SASL"):
+        text += f", {settings.sasl_mechanism} as {settings.sasl_username!r}"
+    return text + ")"
+
+
+async def connection_problem(settings: Settings) -> str:
+    """Why the brokers refuse a connection now, found by connecting to each of them.
+
+    aiokafka only logs the reason for each broker and then raises a bare "Unable to
+    bootstrap"; one direct connection attempt per broker recovers the reasons. Empty
+    when every broker accepts a connection.
+    """
+    options = settings.kafka_client_options()
+    options.pop("bootstrap_servers")
+    reasons: list[str] = []
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            connection = await asyncio.wait_for(
+                create_conn(
+                    host or server,
+                    int(port) if port.isdigit() else 9092,
+                    client_id=f"{settings.app_id}-probe",
+                    request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
+                    **options,
+                ),
+                PROBE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            reasons.append(f"{server}: no answer in {PROBE_TIMEOUT_S:.0f}s")
+        except Exception as error:
+            reasons.append(f"{server}: {_reason(error)}")
+        else:
+            connection.close()
+    return "; ".join(reasons)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    # "[Error 58] SaslAuthenticationFailed: Authentication failed: ..." → the broker's words.
+    name = type(error).__name__
+    if f"{name}: " in text:
+        text = text.split(f"{name}: ", 1)[1]
+    return text

@@ -14,7 +14,11 @@ from fsstream.settings import Settings, settings_from
 
 
 def _settings(ctx: click.Context) -> Settings:
-    return settings_from(ctx.obj or {})
+    from fsstream.runtime import redact_output
+
+    settings = settings_from(ctx.obj or {})
+    redact_output(settings)
+    return settings
 
 
 def _duration(_: click.Context, __: click.Parameter, value: str) -> int:
@@ -175,7 +179,7 @@ def serve(
     """Serve GET /api/v1/export/list and /api/v1/export/get over the stored bundles."""
     from aiohttp import web
 
-    from fsstream.export.api import make_app
+    from fsstream.export.api import make_app, run_api
     from fsstream.store import open_store
 
     settings = _settings(ctx)
@@ -201,4 +205,4 @@ def serve(
         return app
 
     click.echo(f"export API on http://{host}:{port}/api/v1/export/ ({len(keys)} key(s))")
-    web.run_app(application(), host=host, port=port, print=None)
+    run_api(application(), config, host=host, port=port)

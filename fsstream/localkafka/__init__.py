@@ -4,6 +4,11 @@ On first use the broker's jars are copied from Maven Central by Maven into a
 cache directory that later runs reuse; each broker then formats its own
 temporary storage, listens on free loopback ports and is stopped with its
 owner (context exit, ``stop()``, or the process's exit).
+
+Besides its PLAINTEXT listener, a broker can listen for SASL_PLAINTEXT (PLAIN and
+SCRAM-SHA-512, each knowing the same users) and for SSL (a PEM key and certificate
+chain, and optionally a CA whose client certificates it then requires), so that
+authentication and encryption are exercised against a real broker.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import atexit
 import base64
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,13 +27,18 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
 KAFKA_VERSION = "4.2.0"
 READY_LINE = "Transition from STARTING to STARTED"
+SCRAM_ITERATIONS = 4096
+"""The least the broker accepts for SCRAM-SHA-512."""
+_UNSAFE_CREDENTIAL = re.compile(r'[\s"\\=,\[\];]')
+"""Characters that would break the JAAS or --add-scram syntax the credentials go into."""
 
 
 def new_cluster_id() -> str:
@@ -40,6 +52,29 @@ def new_cluster_id() -> str:
 
 class LocalKafkaError(RuntimeError):
     """The local broker could not be fetched or started; the message says why."""
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """PEM files of an SSL listener.
+
+    ``keystore`` holds the broker's unencrypted PKCS#8 private key followed by its
+    certificate chain; with ``client_ca``, clients must present a certificate it signed.
+    """
+
+    keystore: Path
+    client_ca: Path | None = None
+
+
+def scram_credential(mechanism: str, name: str, password: str, salt: bytes) -> str:
+    """A ``--add-scram`` argument holding the salted password only, never the password."""
+    algorithm = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}[mechanism]
+    salted = hashlib.pbkdf2_hmac(algorithm, password.encode(), salt, SCRAM_ITERATIONS)
+    return (
+        f"{mechanism}=[name={name},iterations={SCRAM_ITERATIONS},"
+        f'salt="{base64.b64encode(salt).decode()}",'
+        f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+    )
 
 
 def cache_dir() -> Path:
@@ -130,19 +165,96 @@ def _java() -> str:
 
 
 class LocalKafka:
-    """One broker+controller process on free loopback ports, stopped with its owner."""
+    """One broker+controller process on free loopback ports, stopped with its owner.
 
-    def __init__(self, *, heap: str = "1g", startup_timeout: float = 90.0) -> None:
+    ``sasl_users`` (name → password) adds a SASL_PLAINTEXT listener where each user may
+    log in with PLAIN or SCRAM-SHA-512; ``tls`` adds an SSL listener.
+    """
+
+    def __init__(
+        self,
+        *,
+        heap: str = "1g",
+        startup_timeout: float = 90.0,
+        sasl_users: Mapping[str, str] | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
+        for name, password in (sasl_users or {}).items():
+            if not name or not password or _UNSAFE_CREDENTIAL.search(name + password):
+                raise ValueError(
+                    "SASL user names and passwords must be non-empty and hold no"
+                    ' whitespace or any of "\\=,[];'
+                )
         self.heap = heap
         self.startup_timeout = startup_timeout
+        self.sasl_users = dict(sasl_users or {})
+        self.tls = tls
         self.port = 0
+        self.sasl_port = 0
+        self.ssl_port = 0
         self.workdir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        """host:port of the broker."""
+        """host:port of the broker's PLAINTEXT listener."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """host:port of the SASL_PLAINTEXT listener."""
+        if not self.sasl_port:
+            raise LocalKafkaError("this broker has no SASL listener")
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """host:port of the SSL listener."""
+        if not self.ssl_port:
+            raise LocalKafkaError("this broker has no SSL listener")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def _listener_config(self, controller_port: int) -> list[str]:
+        listeners = {"PLAINTEXT": self.port}
+        lines: list[str] = []
+        if self.sasl_port:
+            listeners["SASL_PLAINTEXT"] = self.sasl_port
+            users = " ".join(f'user_{name}="{pw}"' for name, pw in self.sasl_users.items())
+            prefix = "listener.name.sasl_plaintext"
+            lines += [
+                f"{prefix}.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512",
+                f"{prefix}.plain.sasl.jaas.config="
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+                f"{prefix}.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ]
+        if self.tls is not None and self.ssl_port:
+            listeners["SSL"] = self.ssl_port
+            lines += [
+                "listener.name.ssl.ssl.keystore.type=PEM",
+                f"listener.name.ssl.ssl.keystore.location={self.tls.keystore}",
+            ]
+            if self.tls.client_ca is not None:
+                lines += [
+                    "listener.name.ssl.ssl.truststore.type=PEM",
+                    f"listener.name.ssl.ssl.truststore.location={self.tls.client_ca}",
+                    "listener.name.ssl.ssl.client.auth=required",
+                ]
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+        protocols = ",".join(f"{name}:{name}" for name in listeners)
+        return [
+            f"listeners={advertised},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners={advertised}",
+            f"listener.security.protocol.map={protocols},CONTROLLER:PLAINTEXT",
+            *lines,
+        ]
+
+    def _scram_arguments(self) -> list[str]:
+        arguments: list[str] = []
+        for name, password in self.sasl_users.items():
+            credential = scram_credential("SCRAM-SHA-512", name, password, os.urandom(16))
+            arguments += ["--add-scram", credential]
+        return arguments
 
     @property
     def log_path(self) -> Path:
@@ -154,6 +266,8 @@ class LocalKafka:
         java = _java()
         self.workdir = Path(tempfile.mkdtemp(prefix="fsstream-kafka-"))
         self.port, controller_port = free_port(), free_port()
+        self.sasl_port = free_port() if self.sasl_users else 0
+        self.ssl_port = free_port() if self.tls is not None else 0
         data = self.workdir / "data"
         config = self.workdir / "server.properties"
         config.write_text(
@@ -162,11 +276,9 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    *self._listener_config(controller_port),
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={data}",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
@@ -197,6 +309,7 @@ class LocalKafka:
                 "-c",
                 str(config),
                 "--ignore-formatted",
+                *self._scram_arguments(),
             ],
             capture_output=True,
             text=True,
