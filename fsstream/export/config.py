@@ -21,6 +21,10 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 _HALF_HOURS_PER_DAY = DAY_MS // HALF_HOUR_MS
 
+HEADER_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 15.0
+MAX_CONNECTIONS = 256
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Period:
@@ -79,6 +83,13 @@ class ExportConfig:
     keys the API accepts; ``integer_ids`` lists Ids as JSON numbers instead of strings,
     for clients that decode them as integers (hauser). ``index_ttl_s`` bounds how long
     the API serves its cached list of bundles before listing the store again.
+
+    The API's connection limits keep slow or idle clients from holding its sockets:
+    ``header_timeout_s`` is how long a client has to send a whole request line and
+    headers (counted from its first byte, or from connecting), ``keepalive_timeout_s``
+    how long a connection may sit idle between requests, and ``max_connections`` how
+    many connections are served at once; beyond it a connection is answered 503 and
+    closed.
     """
 
     org_id: str = "o-local"
@@ -89,6 +100,9 @@ class ExportConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     integer_ids: bool = False
     index_ttl_s: float = 30.0
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         check_period_length(self.period_ms)
@@ -96,6 +110,10 @@ class ExportConfig:
             raise ValueError("delays, lateness and lookback cannot be negative")
         if self.index_ttl_s < 0:
             raise ValueError("index_ttl_s cannot be negative")
+        if min(self.header_timeout_s, self.keepalive_timeout_s) <= 0:
+            raise ValueError("header_timeout_s and keepalive_timeout_s must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ExportConfig:
@@ -108,6 +126,9 @@ class ExportConfig:
             "integer_ids": settings.export_integer_ids,
             "allowed_lateness_ms": round(settings.allowed_lateness_s * 1000),
             "lookback_ms": max(DAY_MS, round(settings.max_clock_skew_s * 1000)),
+            "header_timeout_s": settings.export_header_timeout_s,
+            "keepalive_timeout_s": settings.export_keepalive_timeout_s,
+            "max_connections": settings.export_max_connections,
         }
         values.update(overrides)
         return cls(**values)

@@ -178,6 +178,13 @@ async def test_a_day_of_traffic_becomes_bundles_of_its_live_events(
             raise AssertionError("a request without a key was answered")
         except urllib.error.HTTPError as error:
             assert error.code == 401
+        # A start past the int parser's digit limit is a client error, not a server fault.
+        try:
+            call(base, "/api/v1/export/list?start=" + "9" * 5000)
+            raise AssertionError("a start of 5000 digits was answered")
+        except urllib.error.HTTPError as error:
+            assert error.code == 400
+            assert orjson.loads(error.read())["parameter"] == "start"
     finally:
         process.terminate()
         process.wait(timeout=10)

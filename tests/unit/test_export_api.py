@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import time
@@ -13,9 +14,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
+from yarl import URL
 
-from fsstream.export.api import PAGE_SIZE, BundleIndex, make_app
+from fsstream.export.api import LAST_S, PAGE_SIZE, BundleIndex, ExportServer, make_app, start_api
 from fsstream.export.bundles import bundle_key
 from fsstream.export.config import HOUR_MS, ExportConfig, Period
 from fsstream.store import LocalStore, ObjectInfo, StoreError
@@ -31,6 +32,7 @@ class Api:
     base: str
     session: aiohttp.ClientSession
     store: LocalStore
+    server: ExportServer
 
     async def call(
         self, path: str, key: str | None = KEYS[0], **params: Any
@@ -61,36 +63,28 @@ async def put_bundles(store: LocalStore, count: int) -> list[Period]:
     return periods
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
-
-
 MakeApi = Callable[..., Any]
 
 
 @pytest.fixture
 async def make_api(tmp_path: Path) -> AsyncIterator[MakeApi]:
-    runners: list[web.AppRunner] = []
+    servers: list[ExportServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(store: Any = None, **config: Any) -> Api:
         store = store or LocalStore(tmp_path / "warehouse")
         values: dict[str, Any] = {"org_id": ORG, "api_keys": KEYS, "index_ttl_s": 0.0, **config}
-        runner, base = await serve(make_app(store, ExportConfig(**values)))
-        runners.append(runner)
+        export_config = ExportConfig(**values)
+        server = await start_api(make_app(store, export_config), export_config, "127.0.0.1", 0)
+        servers.append(server)
         sessions.append(aiohttp.ClientSession())
-        return Api(base, sessions[-1], store)
+        return Api(f"http://127.0.0.1:{server.port}", sessions[-1], store, server)
 
     yield make
     for session in sessions:
         await session.close()
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.close()
 
 
 async def replicate(api: Api, start: int = 0) -> tuple[list[dict[str, Any]], list[int], int]:
@@ -225,6 +219,184 @@ async def test_bad_parameters_are_400_and_unknown_ids_404(make_api: MakeApi) -> 
         status, _, body = await api.call("/api/v1/export/get", id=unknown)
         assert status == 404, unknown
         assert unknown in orjson.loads(body)["error"]
+
+
+ALIGNED_PAST_9999 = str((LAST_S + 1) * 100 + 48)  # the 24 h bundle of 10000-01-01
+ENDING_IN_10000 = str((LAST_S + 1 - 86_400) * 100 + 48)  # 9999-12-31, ends at 10000-01-01
+LAST_DAY_6H = str((LAST_S + 1 - 6 * 3600 * 2) * 100 + 12)  # 9999-12-31T12:00Z, 6 h
+
+BAD_PARAMETERS = [
+    ("/api/v1/export/list", "start", "start=-5"),
+    ("/api/v1/export/list", "start", "start=%2B5"),
+    ("/api/v1/export/list", "start", "start=1e3"),
+    ("/api/v1/export/list", "start", "start=0x10"),
+    ("/api/v1/export/list", "start", "start=%EF%BC%91"),  # a fullwidth digit
+    ("/api/v1/export/list", "start", "start=%FF"),
+    ("/api/v1/export/list", "start", "start=" + "9" * 4301),
+    ("/api/v1/export/list", "start", "start=" + "9" * 5000),
+    ("/api/v1/export/list", "start", "start=" + "9" * 30),
+    ("/api/v1/export/list", "start", f"start={LAST_S + 1}"),
+    ("/api/v1/export/list", "start", "start=" + "0" * 5000 + str(LAST_S + 1)),
+    ("/api/v1/export/list", "start", "start=1&start=2"),
+    ("/api/v1/export/get", "id", ""),
+    ("/api/v1/export/get", "id", "id="),
+    ("/api/v1/export/get", "id", "id=%20"),
+    ("/api/v1/export/get", "id", "id=-1"),
+    ("/api/v1/export/get", "id", "id=1.5"),
+    ("/api/v1/export/get", "id", "id=%FF%00"),
+    ("/api/v1/export/get", "id", "id=" + "9" * 4301),
+    ("/api/v1/export/get", "id", "id=" + "1" * 20),
+    ("/api/v1/export/get", "id", f"id={ALIGNED_PAST_9999}"),
+    ("/api/v1/export/get", "id", f"id={ENDING_IN_10000}"),
+    ("/api/v1/export/get", "id", "id=170406720012&id=170406720012"),
+]
+
+
+@pytest.mark.parametrize(("path", "name", "query"), BAD_PARAMETERS)
+async def test_every_bad_parameter_is_a_400_naming_it(
+    make_api: MakeApi, path: str, name: str, query: str
+) -> None:
+    api = await make_api()
+    await put_bundles(api.store, 1)
+    url = URL(f"{api.base}{path}?{query}" if query else api.base + path, encoded=True)
+    async with api.session.get(url, headers={"Authorization": f"Basic {KEYS[0]}"}) as response:
+        assert response.status == 400, await response.text()
+        assert response.content_type == "application/json"
+        body = await response.json()
+    assert body["parameter"] == name
+    assert body["error"].startswith(name + " ")
+
+
+async def test_parameters_at_the_edge_of_their_range_are_served(make_api: MakeApi) -> None:
+    api = await make_api()
+    periods = await put_bundles(api.store, 2)
+    assert await api.list(LAST_S) == []
+    # Leading zeros do not count against the range, however many there are.
+    edges = [("0" * 5000, 2), (" 0 ", 2), ("0" * 4400 + str(periods[0].stop_ms // 1000), 1)]
+    for start, listed in edges:
+        status, _, body = await api.call("/api/v1/export/list", start=start)
+        assert status == 200, start[:20]
+        assert len(orjson.loads(body)["exports"]) == listed
+    # Well-formed Ids up to the last representable bundles name none: 404, not 400 or 500.
+    for unknown in (LAST_DAY_6H, "0" * 5000 + periods[0].id):
+        status, _, body = await api.call("/api/v1/export/get", id=unknown)
+        assert status == 404, unknown
+        assert "error" in orjson.loads(body)
+
+
+async def test_a_key_that_is_not_utf8_is_refused_as_401(make_api: MakeApi) -> None:
+    api = await make_api()
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+    writer.write(
+        b"GET /api/v1/export/list HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Basic first-key\xff\xfe\r\nConnection: close\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer
+    assert "error" in orjson.loads(body)
+
+
+async def test_an_unexpected_failure_is_a_json_500(make_api: MakeApi) -> None:
+    class BrokenStore(LocalStore):
+        async def get(self, key: str) -> bytes | None:
+            raise RuntimeError("a bug")
+
+    api = await make_api(store=BrokenStore(Path("/nonexistent")))
+    status, headers, body = await api.call("/api/v1/export/get", id=period(0).id)
+    assert status == 500
+    assert headers["Content-Type"].startswith("application/json")
+    assert orjson.loads(body) == {"error": "internal error"}
+
+
+async def closed_after(reader: asyncio.StreamReader, limit_s: float) -> tuple[float, bytes]:
+    """How long until the server closes the connection, and what it sent before."""
+    started = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), limit_s)
+    return time.monotonic() - started, data
+
+
+async def wait_for_connections(server: ExportServer, count: int) -> None:
+    for _ in range(200):
+        if server.connections == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{server.connections} connections open, expected {count}")
+
+
+async def test_a_client_that_sends_half_a_request_is_closed_within_the_header_timeout(
+    make_api: MakeApi,
+) -> None:
+    api = await make_api(header_timeout_s=0.5)
+    opened = [await asyncio.open_connection("127.0.0.1", api.server.port) for _ in range(3)]
+    # The first stays silent; the others stop partway through the line and the headers.
+    (_, half_line), (_, half_headers) = opened[1:]
+    half_line.write(b"GET /api/v1/exp")
+    half_headers.write(b"GET /api/v1/export/list HTTP/1.1\r\nHost: x\r\n")
+    for reader, writer in opened:
+        elapsed, data = await closed_after(reader, 5)
+        assert data == b"" and elapsed < 3
+        writer.close()
+    # Trickling bytes does not extend the deadline.
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+    started = time.monotonic()
+    for byte in b"GET /api/v1/export/list HTTP/1.1\r\nHost: x\r\n":
+        if reader.at_eof():
+            break
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.05)
+    await closed_after(reader, 5)
+    assert 0.4 < time.monotonic() - started < 3
+    writer.close()
+    await wait_for_connections(api.server, 0)
+    # A whole request in time is answered.
+    assert await api.list(0) == []
+
+
+async def test_a_keep_alive_connection_is_served_then_closed_when_idle(make_api: MakeApi) -> None:
+    api = await make_api(header_timeout_s=5.0, keepalive_timeout_s=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+    request = (
+        b"GET /api/v1/export/list HTTP/1.1\r\nHost: x\r\nAuthorization: Basic first-key\r\n\r\n"
+    )
+    for _ in range(2):
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        assert orjson.loads(await reader.readexactly(length)) == {"exports": []}
+    elapsed, data = await closed_after(reader, 5)
+    assert data == b"" and elapsed < 3
+    writer.close()
+    await wait_for_connections(api.server, 0)
+
+
+async def test_connections_past_the_cap_are_refused_until_others_close(make_api: MakeApi) -> None:
+    api = await make_api(max_connections=3, header_timeout_s=30.0)
+    held = [await asyncio.open_connection("127.0.0.1", api.server.port) for _ in range(3)]
+    for _, writer in held:
+        writer.write(b"GET /api/v1/exp")
+    await wait_for_connections(api.server, 3)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+        elapsed, data = await closed_after(reader, 5)
+        assert elapsed < 1
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), data
+        assert "too many connections" in orjson.loads(body)["error"]
+        writer.close()
+    status, headers, _ = await api.call("/api/v1/export/list", start=0)
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert api.server.connections == 3
+    for _, writer in held:
+        writer.close()
+    await wait_for_connections(api.server, 0)
+    assert await api.list(0) == []
 
 
 async def test_an_unreachable_store_is_a_503_with_a_json_error(make_api: MakeApi) -> None:
