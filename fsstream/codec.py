@@ -128,6 +128,10 @@ class _Unusual(Exception):
     """A body the fast reader leaves to fastavro, which decides its value or its error."""
 
 
+class _Overlong(Exception):
+    """A varint longer than the ten bytes of a 64-bit long (fastavro would read it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     """Consecutive scalar fields of a record, then optionally an array of flat records."""
@@ -144,7 +148,8 @@ def _varint(data: bytes, pos: int, first: int) -> tuple[int, int]:
     """(zigzag-encoded value, next position) of a varint whose first byte is ``first``,
     the rest from ``pos`` on.
 
-    Only values fastavro decodes exactly (at most 64 bits, ten bytes) are accepted.
+    Only values fastavro decodes exactly (at most 64 bits, ten bytes) are accepted; a
+    longer one is corrupt, as in Avro's Java decoder.
     """
     n = first & 0x7F
     for shift in _SHIFTS:
@@ -155,7 +160,7 @@ def _varint(data: bytes, pos: int, first: int) -> tuple[int, int]:
             return n, pos
     byte = data[pos]
     if byte > 1:
-        raise _Unusual
+        raise _Overlong
     return n | (byte << 63), pos + 1
 
 
@@ -327,6 +332,10 @@ def decode(value: bytes, expected: str | None = None) -> dict[str, Any]:
             return schema.reader(value)
         except (_Unusual, IndexError, UnicodeDecodeError):
             pass  # fastavro reads it again and says what it is
+        except _Overlong:
+            raise CorruptBodyError(
+                f"corrupt {schema.name} body: a long encoded in more than ten bytes"
+            ) from None
     buf = io.BytesIO(value)
     buf.seek(HEADER_SIZE)
     try:

@@ -40,6 +40,14 @@ class AbsurdEventTime(InvalidRecord):
     """An event_time is too far from the record's timestamp to be real."""
 
 
+class AbsurdIngestedTime(InvalidRecord):
+    """The batch's ingested_time is too far from the record's timestamp to be real."""
+
+
+class PropertiesTooDeep(InvalidRecord):
+    """event_properties or source_properties nests deeper than a published row can."""
+
+
 class MissingEventType(InvalidRecord):
     """An event has no event_type or source_type."""
 
@@ -52,12 +60,23 @@ class ViewKeyMismatch(InvalidRecord):
     """The batch's events do not all belong to the record's view."""
 
 
+MAX_TIME_MS = 253_402_300_799_999
+"""The last millisecond of year 9999: the latest time the warehouse's formats can hold."""
+
+MAX_PROPERTIES_DEPTH = 254
+"""The deepest nesting of arrays and objects a published row can carry (orjson writes no
+deeper); enrichment only adds values near the top."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """How far an event_time may lie before or after its record's timestamp."""
+    """How far an event_time or ingested_time may lie before or after its record's timestamp."""
 
     max_age_ms: int
     max_skew_ms: int
+
+    def outside(self, time_ms: int, record_ts_ms: int) -> bool:
+        return time_ms > record_ts_ms + self.max_skew_ms or time_ms < record_ts_ms - self.max_age_ms
 
 
 @dataclass(slots=True)
@@ -85,7 +104,34 @@ def _properties(text: str, name: str, position: int) -> dict[str, Any]:
         raise PropertiesNotObject(
             f"event {position}: {name} is a JSON {type(value).__name__}, not an object"
         )
+    # Only a text with that many brackets can nest that deep: the walk is rarely needed.
+    if text.count("{") + text.count("[") > MAX_PROPERTIES_DEPTH and (
+        json_depth(value) > MAX_PROPERTIES_DEPTH
+    ):
+        raise PropertiesTooDeep(
+            f"event {position}: {name} nests deeper than {MAX_PROPERTIES_DEPTH} levels"
+        )
     return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar is 0), without
+    recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+        stack.extend((child, depth) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def check_event(
@@ -101,7 +147,7 @@ def check_event(
     except ValueError:
         raise BadEventTime(f"event {position}: event_time {text[:40]!r} is not RFC 3339") from None
     time_ms = time_us // 1000
-    if time_ms > record_ts_ms + limits.max_skew_ms or time_ms < record_ts_ms - limits.max_age_ms:
+    if limits.outside(time_ms, record_ts_ms):
         raise AbsurdEventTime(
             f"event {position}: event_time {text[:40]} is {(time_ms - record_ts_ms) / 1000:+.0f}s"
             " from the record timestamp"
@@ -137,6 +183,12 @@ def check_batch(
     events = batch["events"]
     if not events:
         raise EmptyBatch("the batch holds no event")
+    ingested_ms = batch["ingested_time"]
+    if limits.outside(ingested_ms, record_ts_ms) or not 0 <= ingested_ms <= MAX_TIME_MS:
+        raise AbsurdIngestedTime(
+            f"ingested_time {ingested_ms} is {(ingested_ms - record_ts_ms) / 1000:+.0f}s"
+            " from the record timestamp"
+        )
     checked = [check_event(e, i, record_ts_ms, limits) for i, e in enumerate(events)]
     first = checked[0]
     key = view_key(first.device_id, first.session_id, first.view_id)

@@ -54,6 +54,12 @@ class ViewState:
             self._fps.update(e[FP] for e in self.held)
         return fp in self._fps
 
+    def size(self) -> int:
+        """Events the view holds (released and held) or, compact, remembers."""
+        if self.compact:
+            return len(self._fps or ())
+        return len(self.released) + len(self.held)
+
     def remember(self, fp: int) -> None:
         if self._fps is not None:
             self._fps.add(fp)
@@ -143,6 +149,10 @@ class Tombstone:
 Emission = Row | Tombstone
 
 
+class ViewFull(ValueError):
+    """The record would take its view past the events a view may hold; nothing changed."""
+
+
 @dataclass(slots=True)
 class Counters:
     """What the reorderer did since it was created."""
@@ -172,8 +182,10 @@ class Reorderer:
         ttl_ms: int,
         horizon_ms: int | None = None,
         stream_time_ms: int = 0,
+        max_view_events: int | None = None,
     ) -> None:
         self.store = store
+        self.max_view_events = max_view_events
         self.grace_ms = grace_ms
         self.ttl_ms = ttl_ms
         self.horizon_ms = max(ttl_ms, horizon_ms if horizon_ms is not None else ttl_ms)
@@ -219,7 +231,14 @@ class Reorderer:
         record_ts_ms: int,
         ingested_ms: int,
     ) -> list[Emission]:
-        """Take one raw record of ``view_key``; return what to publish now."""
+        """Take one raw record of ``view_key``; return what to publish now.
+
+        Raises ``ViewFull``, before changing anything, if the record's new events would
+        take the view past ``max_view_events``: a view's state is one changelog record,
+        and this bounds its size.
+        """
+        if self.max_view_events is not None:
+            self._check_room(view_key, arrivals, max(record_ts_ms, self.stream_time_ms))
         out = self.advance(record_ts_ms)
         now = self.stream_time_ms
         self.counters.events_in += len(arrivals)
@@ -250,6 +269,21 @@ class Reorderer:
         if self.grace_ms == 0:
             out.extend(self._release(view_key, state))
         return out
+
+    def _check_room(self, view_key: str, arrivals: list[Arrival], now: int) -> None:
+        assert self.max_view_events is not None
+        state = self.store.get(view_key)
+        if state is not None and state.compact and state.last_active_ms < now - self.horizon_ms:
+            state = None  # forgotten as the record is taken
+        size = state.size() if state is not None else 0
+        if size + len(arrivals) <= self.max_view_events:
+            return
+        new = len({a.fp for a in arrivals if state is None or not state.seen(a.fp)})
+        if size + new > self.max_view_events:
+            raise ViewFull(
+                f"view {view_key} holds {size} events; {new} more would pass the"
+                f" {self.max_view_events} a view may hold"
+            )
 
     def advance(self, stream_time_ms: int) -> list[Emission]:
         """Move stream time forward (never back) and release every held event now due."""

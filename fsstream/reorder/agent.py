@@ -8,7 +8,6 @@ one record sends that record to the DLQ; nothing a record holds stops the worker
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,15 +19,14 @@ from fsstream.core.partitioning import partition_for
 from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
 from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
 from fsstream.core.timefmt import format_event_time
+from fsstream.dead_letters import DeadLetter, dead_letter
 from fsstream.reorder.content import RawContent, RawRecord
 from fsstream.reorder.state import PartitionState
 from fsstream.settings import Settings
 from fsstream.wire import (
-    ERROR_HEADER,
     HEARTBEAT_HEADER,
     ROW_EVENT_TIME_HEADER,
     ROW_INGESTED_HEADER,
-    SOURCE_HEADER,
     SUPERSEDED_BY_HEADER,
     VIEW_HEADER,
     Headers,
@@ -43,8 +41,9 @@ Enricher = Callable[[RawEvent, int], tuple[dict[str, Any], dict[str, Any]]]
 OutputRecord = tuple[int, bytes | None, bytes | None, Headers]
 """(partition, key, value (None: a tombstone), headers)."""
 
-DLQ_SIZE_HEADER = "fs-dlq-size"
-DLQ_SHA256_HEADER = "fs-dlq-sha256"
+ROW_VALUE_LIMIT = 1_000_000
+"""The largest row value published: the broker's default record limit is 1 MiB, and a row
+past it would fail its whole transaction again and again."""
 HEARTBEAT_VALUE = b""
 HEARTBEAT_MARK = b"1"
 
@@ -85,7 +84,7 @@ class BatchOutput:
     """What one partition's batch produces, to be committed in one transaction."""
 
     events: list[OutputRecord] = field(default_factory=list)
-    dlq: list[tuple[bytes | None, bytes | None, Headers]] = field(default_factory=list)
+    dlq: list[DeadLetter] = field(default_factory=list)
     raw_records: int = 0
     events_in: int = 0
     rows: int = 0
@@ -100,13 +99,14 @@ class ReorderAgent:
         settings: Settings,
         content: RawContent,
         enrich: Enricher,
-        dlq_value_limit: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.content = content
         self.enrich = enrich
+        self.clock = clock
         self.limits = raw_limits(settings)
-        self.dlq_value_limit = dlq_value_limit
+        self.max_lead_ms = int(settings.max_stream_lead_s * 1000)
         self._partitions: dict[str, int] = {}
 
     def new_order(self, number: int, state: PartitionState) -> PartitionOrder:
@@ -117,6 +117,7 @@ class ReorderAgent:
             ttl_ms=int(self.settings.view_ttl_s * 1000),
             horizon_ms=self.settings.dedup_horizon_ms,
             stream_time_ms=state.stream_time(),
+            max_view_events=self.settings.max_view_events,
         )
         restored = reorderer.restore(state.stored())
         log.info(
@@ -148,31 +149,36 @@ class ReorderAgent:
         emissions: list[Emission] = []
         reorderer = order.reorderer
         before = reorderer.stream_time_ms
+        ceiling_ms = int(self.clock() * 1000) + self.max_lead_ms
         for record in records:
+            timestamp_ms = record.timestamp
+            if timestamp_ms > ceiling_ms:
+                metrics.FUTURE_RECORDS.inc()
+                timestamp_ms = ceiling_ms
             if is_heartbeat(record):
-                emissions.extend(reorderer.advance(record.timestamp))
+                emissions.extend(reorderer.advance(timestamp_ms))
                 continue
             out.raw_records += 1
             try:
                 view_key, raw = self.check(record)
+                arrivals = [
+                    Arrival(e.time_us, e.fp, i, e.event_type == "identify")
+                    for i, e in enumerate(raw.events)
+                ]
+                emissions.extend(
+                    reorderer.on_record(
+                        view_key,
+                        arrivals,
+                        offset=record.offset,
+                        record_ts_ms=timestamp_ms,
+                        ingested_ms=raw.ingested_ms,
+                    )
+                )
             except Exception as exc:  # any failure of one record is that record's
                 out.dlq.append(self.dlq_record(record, exc))
                 continue
             out.events_in += len(raw.events)
             self.content.put(order.number, record.offset, raw)
-            arrivals = [
-                Arrival(e.time_us, e.fp, i, e.event_type == "identify")
-                for i, e in enumerate(raw.events)
-            ]
-            emissions.extend(
-                reorderer.on_record(
-                    view_key,
-                    arrivals,
-                    offset=record.offset,
-                    record_ts_ms=raw.timestamp_ms,
-                    ingested_ms=raw.ingested_ms,
-                )
-            )
         if reorderer.stream_time_ms > before:
             order.advanced_at = time.monotonic()
         reorderer.expire()
@@ -241,7 +247,7 @@ class ReorderAgent:
     def _row_value(self, record: RawRecord, row: Row, processed_time: str) -> bytes:
         raw = record.events[row.index]
         event_properties, source_properties = self.enrich(raw, record.timestamp_ms)
-        return codec.encode(
+        value = codec.encode(
             codec.EVENT,
             to_row(
                 raw,
@@ -252,70 +258,48 @@ class ReorderAgent:
                 source_properties=source_properties,
             ),
         )
+        if len(value) > ROW_VALUE_LIMIT:
+            raise RowTooLarge(f"the row takes {len(value)} bytes, more than {ROW_VALUE_LIMIT}")
+        return value
 
     # -- dead letters ---------------------------------------------------------------
 
-    def dlq_record(
-        self, record: Any, error: Exception
-    ) -> tuple[bytes | None, bytes | None, Headers]:
-        """The record, bytes unchanged, with the reason and its source.
+    def dlq_record(self, record: Any, error: Exception) -> DeadLetter:
+        """The record, bytes unchanged, with the reason and its source."""
+        return dead_letter(
+            record.key,
+            record.value,
+            headers_of(record),
+            reason=type(error).__name__,
+            message=str(error),
+            source=f"{record.topic}/{record.partition}/{record.offset}",
+        )
 
-        A value too large for the DLQ is replaced by nothing, with its size and SHA-256
-        in headers; the source location finds the original.
-        """
-        reason = type(error).__name__
-        metrics.DLQ_RECORDS.labels(reason).inc()
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        log.warning("DLQ %s: %s: %s", source, reason, str(error)[:500])
-        headers = [
-            *headers_of(record),
-            (ERROR_HEADER, f"{reason}: {str(error)[:2000]}".encode()),
-            (SOURCE_HEADER, source.encode()),
-        ]
-        value = record.value
-        if value is not None and len(value) > self.dlq_value_limit:
-            headers.append((DLQ_SIZE_HEADER, str(len(value)).encode()))
-            headers.append((DLQ_SHA256_HEADER, hashlib.sha256(value).hexdigest().encode()))
-            value = None
-        return record.key, value, headers
+    def _source(self, number: int, offset: int) -> str:
+        return f"{self.settings.topic_raw}/{number}/{offset}"
 
-    def _source(self, number: int, offset: int) -> bytes:
-        return f"{self.settings.topic_raw}/{number}/{offset}".encode()
-
-    def _gone(
-        self, number: int, offset: int, missing: dict[int, str]
-    ) -> tuple[None, None, Headers]:
-        reason = "RawRecordGone"
-        metrics.DLQ_RECORDS.labels(reason).inc()
+    def _gone(self, number: int, offset: int, missing: dict[int, str]) -> DeadLetter:
         message = missing.get(offset, "the raw record could not be read back")
-        log.error("DLQ %s/%d/%d: %s: %s", self.settings.topic_raw, number, offset, reason, message)
-        return (
+        return dead_letter(
             None,
             None,
-            [
-                (ERROR_HEADER, f"{reason}: {message}".encode()),
-                (SOURCE_HEADER, self._source(number, offset)),
-            ],
+            [],
+            reason="RawRecordGone",
+            message=message,
+            source=self._source(number, offset),
         )
 
-    def _unbuildable(self, number: int, row: Row, error: Exception) -> tuple[bytes, None, Headers]:
-        reason = type(error).__name__
-        metrics.DLQ_RECORDS.labels(reason).inc()
-        log.warning(
-            "DLQ %s/%d/%d: event %d: %s: %s",
-            self.settings.topic_raw,
-            number,
-            row.offset,
-            row.index,
-            reason,
-            str(error)[:500],
-        )
-        return (
-            row.view_key.encode(),
+    def _unbuildable(self, number: int, row: Row, error: Exception) -> DeadLetter:
+        view = row.view_key.encode()
+        return dead_letter(
+            view,
             None,
-            [
-                (VIEW_HEADER, row.view_key.encode()),
-                (ERROR_HEADER, f"{reason}: event {row.index}: {str(error)[:2000]}".encode()),
-                (SOURCE_HEADER, self._source(number, row.offset)),
-            ],
+            [(VIEW_HEADER, view)],
+            reason=type(error).__name__,
+            message=f"event {row.index}: {error}",
+            source=self._source(number, row.offset),
         )
+
+
+class RowTooLarge(InvalidRecord):
+    """An event's published row would be larger than the events topic takes."""

@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 
 OUTPUT_BATCH_BYTES = 512 * 1024
 """Producer batch size: under the broker's default message limit even uncompressed."""
-DLQ_VALUE_LIMIT = 900_000
-"""Larger DLQ values are replaced by their size and hash: the broker's default limit is 1 MiB."""
 
 
 def catalog_enricher(catalog: Catalog) -> Enricher:
@@ -109,7 +107,6 @@ class ReorderWorker:
             settings,
             self.content,
             catalog_enricher(self.follower.catalog),
-            dlq_value_limit=DLQ_VALUE_LIMIT,
         )
         self.crash = CrashPoints(settings.crash_point)
         self.consumer: AIOKafkaConsumer | None = None

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ import orjson
 from fsstream import codec, metrics
 from fsstream.core.layout import event_file_key, hour_of, manifest_key, seal_marker_key
 from fsstream.core.layout import hour_prefix as layout_hour_prefix
+from fsstream.core.raw import MAX_TIME_MS
 from fsstream.core.timefmt import (
     MS_PER_HOUR,
     format_event_time,
@@ -64,6 +65,80 @@ log = logging.getLogger(__name__)
 COLUMNS = [f.name for f in EVENTS_SCHEMA]
 NULL_ROW_BYTES = 200
 """What a row without a value (a NULL row, a tombstone) counts towards the byte budget."""
+
+
+Reject = Callable[[Any, Exception], Awaitable[None]]
+"""Called with a message that cannot be written and why; it is acknowledged afterwards."""
+
+
+class UnwritableRow(ValueError):
+    """An events-topic record the warehouse cannot hold; the class name is the DLQ reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class TombstoneOf:
+    """What a tombstone names: the row's id and hour, and the NULL row append mode writes."""
+
+    event_id: str
+    hour: int
+    view: tuple[int, int | None, int | None]
+    event_time: str
+    superseded_at_ms: int | None
+
+
+def _ms(value: Any, name: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_TIME_MS:
+        raise UnwritableRow(f"{name} {str(value)[:40]} is not a time the warehouse can hold")
+    return value
+
+
+def parse_row(value: bytes) -> tuple[dict[str, Any], int]:
+    """The decoded row of an events record, and its hour; ``UnwritableRow`` if it has none."""
+    row = codec.decode(value, expected=codec.EVENT)
+    hour = hour_of(_ms(row["ingested_time"], "ingested_time"))
+    if not row["event_id"]:
+        raise UnwritableRow("the row has no event_id")
+    event_time = row["event_time"]
+    if event_time is not None:
+        try:
+            parse_rfc3339_us(event_time)
+        except ValueError:
+            raise UnwritableRow(f"event_time {event_time[:40]!r} is not RFC 3339") from None
+    return row, hour
+
+
+def parse_tombstone(key: bytes | None, headers: dict[str, bytes]) -> TombstoneOf:
+    """What a tombstone record names, from its key and headers."""
+    if not key:
+        raise UnwritableRow("a tombstone without a key")
+    for name in (ROW_INGESTED_HEADER, VIEW_HEADER, ROW_EVENT_TIME_HEADER):
+        if name not in headers:
+            raise UnwritableRow(f"a tombstone without the {name} header")
+    try:
+        ingested = _ms(int(headers[ROW_INGESTED_HEADER]), ROW_INGESTED_HEADER)
+        superseded = headers.get(SUPERSEDED_BY_HEADER)
+        superseded_ms = (
+            _ms(int(superseded), SUPERSEDED_BY_HEADER) if superseded is not None else None
+        )
+        device, session, view = [*headers[VIEW_HEADER].decode().split(":"), "", ""][:3]
+        ids = (int(device), int(session) if session else None, int(view) if view else None)
+        event_time = headers[ROW_EVENT_TIME_HEADER].decode()
+        parse_rfc3339_us(event_time)
+        event_id = key.decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnwritableRow(f"a tombstone with unreadable headers: {exc}") from None
+    return TombstoneOf(event_id, hour_of(ingested), ids, event_time, superseded_ms)
+
+
+async def _log_rejected(message: Any, error: Exception) -> None:
+    log.warning(
+        "%s/%d/%d not written: %s: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        type(error).__name__,
+        str(error)[:500],
+    )
 
 
 IDS_KEPT_S = 600.0
@@ -184,8 +259,10 @@ class SinkAgent:
         ledgers: Ledgers,
         ack: Callable[[Any], None],
         clock: Callable[[], float] = time.time,
+        reject: Reject = _log_rejected,
     ) -> None:
         self.settings = settings
+        self.reject = reject
         self.store = store
         self.ledgers = ledgers
         self.ack = ack
@@ -236,10 +313,20 @@ class SinkAgent:
                 if sink is None:
                     sink = await self._open(message.partition, message.offset)
                 sink.unacked.append(message)
-                if message.value is None:
-                    buffer = await self._tombstone(sink, message)
+                try:  # what the record holds is checked before any I/O
+                    parsed: Any = (
+                        parse_tombstone(message.key, dict(headers_of(message)))
+                        if message.value is None
+                        else parse_row(message.value)
+                    )
+                except Exception as exc:  # one record's failure is that record's
+                    await self.reject(message, exc)
+                    self._done(sink, message)
+                    continue
+                if isinstance(parsed, TombstoneOf):
+                    buffer = await self._tombstone(sink, message, parsed)
                 else:
-                    buffer = await self._row(sink, message)
+                    buffer = await self._row(sink, message, *parsed)
                 held = self._size + self._held
                 if held > self.peak_bytes:
                     self.peak_bytes = held
@@ -252,9 +339,9 @@ class SinkAgent:
                         await self._drain()  # what is held waits for a rewrite or a buffer
             self._observe()
 
-    async def _row(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
-        row = codec.decode(message.value, expected=codec.EVENT)
-        hour = hour_of(row["ingested_time"])
+    async def _row(
+        self, sink: PartitionSink, message: Any, row: dict[str, Any], hour: int
+    ) -> HourBuffer | None:
         sink.newest_ms = max(sink.newest_ms, row["ingested_time"])
         return await self._buffer(sink, hour, message, row, len(message.value))
 
@@ -309,10 +396,11 @@ class SinkAgent:
         ids.touched = self.clock()
         return ids
 
-    async def _tombstone(self, sink: PartitionSink, message: Any) -> HourBuffer | None:
-        headers = dict(headers_of(message))
-        event_id = message.key.decode()
-        hour = hour_of(int(headers[ROW_INGESTED_HEADER]))
+    async def _tombstone(
+        self, sink: PartitionSink, message: Any, tombstone: TombstoneOf
+    ) -> HourBuffer | None:
+        event_id = tombstone.event_id
+        hour = tombstone.hour
         buffer = sink.buffers.get(hour)
         row_message = buffer.drop(event_id) if buffer is not None else None
         if row_message is not None:
@@ -320,7 +408,7 @@ class SinkAgent:
             self._done(sink, message)
             return None
         if self.settings.tombstone_mode == "append":
-            return await self._null_row(sink, message, headers, event_id)
+            return await self._null_row(sink, message, tombstone)
         ids = await self._ids(sink, hour)
         ledger = sink.ledgers.get(hour)
         indexes = ids.indexes(_id_key(event_id))
@@ -341,19 +429,21 @@ class SinkAgent:
         return None
 
     async def _null_row(
-        self, sink: PartitionSink, message: Any, headers: dict[str, bytes], event_id: str
+        self, sink: PartitionSink, message: Any, tombstone: TombstoneOf
     ) -> HourBuffer | None:
-        device, session, view = [*headers[VIEW_HEADER].decode().split(":"), "", ""][:3]
         now_ms = int(self.clock() * 1000)
-        ingested = int(headers.get(SUPERSEDED_BY_HEADER, str(now_ms).encode()))
+        ingested = tombstone.superseded_at_ms
+        if ingested is None:
+            ingested = now_ms
+        device, session, view = tombstone.view
         row = {
-            "event_id": event_id,
-            "event_time": headers[ROW_EVENT_TIME_HEADER].decode(),
+            "event_id": tombstone.event_id,
+            "event_time": tombstone.event_time,
             "processed_time": format_event_time(now_ms * 1000),
             "updated_time": now_ms,
-            "device_id": int(device),
-            "session_id": int(session) if session else None,
-            "view_id": int(view) if view else None,
+            "device_id": device,
+            "session_id": session,
+            "view_id": view,
             "event_type": None,
             "event_properties": "{}",
             "source_type": "",
@@ -416,7 +506,9 @@ class SinkAgent:
             metrics.ROWS_WRITTEN.inc(len(offsets))
             now = self.clock()
             for processed in columns["processed_time"][:: max(1, len(offsets) // 50)]:
-                metrics.SYNC_LATENCY.observe(max(0.0, now - _seconds(processed)))
+                seconds = _seconds(processed)
+                if seconds is not None:
+                    metrics.SYNC_LATENCY.observe(max(0.0, now - seconds))
             if resealed:
                 await self._seal(sink, hour, ledger)
         for i, message in enumerate(buffer.messages):
@@ -576,8 +668,13 @@ def _id_key(event_id: str) -> bytes:
         return b"\0" + event_id.encode()
 
 
-def _seconds(event_time: str) -> float:
-    return parse_rfc3339_us(event_time) / 1e6
+def _seconds(event_time: str) -> float | None:
+    """Seconds since the epoch of a timestamp; None for one that is not (a row written by
+    another producer may carry anything there)."""
+    try:
+        return parse_rfc3339_us(event_time) / 1e6
+    except ValueError:
+        return None
 
 
 def _weight(message: Any) -> int:

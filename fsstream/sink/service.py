@@ -16,11 +16,12 @@ import signal
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from fsstream import kafka_clients, metrics
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.core.enrich import Catalog
+from fsstream.dead_letters import dead_letter
 from fsstream.runtime import prepare_worker
 from fsstream.settings import Settings
 from fsstream.sink.agent import SinkAgent
@@ -28,6 +29,7 @@ from fsstream.sink.definitions_export import DefinitionsExporter
 from fsstream.sink.ledger import StoreLedgers
 from fsstream.store import open_store
 from fsstream.web import serve
+from fsstream.wire import headers_of
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,14 @@ class SinkService:
             on_retry=lambda operation, _attempt, _error: metrics.S3_RETRIES.labels(operation).inc(),
         )
         ledgers = StoreLedgers(self.store, settings.org_id, settings.topic_events)
-        self.agent = SinkAgent(settings, self.store, ledgers, ack=self._acknowledged)
+        self.agent = SinkAgent(
+            settings, self.store, ledgers, ack=self._acknowledged, reject=self._dead_letter
+        )
         self.exporter = DefinitionsExporter(settings, self.store)
         self.follower = DefinitionsFollower(settings, Catalog())
         self.follower.listeners.append(self.exporter.on_record)
         self.consumer: AIOKafkaConsumer | None = None
+        self.dlq: AIOKafkaProducer | None = None
         self.stopping = asyncio.Event()
         self.assigned: set[int] = set()
         self.positions: dict[int, int] = {}  # per partition: the offset to commit next
@@ -65,6 +70,19 @@ class SinkService:
 
     def _acknowledged(self, message: Any) -> None:
         self.positions[message.partition] = message.offset + 1
+
+    async def _dead_letter(self, message: Any, error: Exception) -> None:
+        """Send a record the warehouse cannot hold to the DLQ, before it is acknowledged."""
+        assert self.dlq is not None
+        key, value, headers = dead_letter(
+            message.key,
+            message.value,
+            headers_of(message),
+            reason=type(error).__name__,
+            message=str(error),
+            source=f"{message.topic}/{message.partition}/{message.offset}",
+        )
+        await self.dlq.send_and_wait(self.settings.topic_dlq, value, key=key, headers=headers)
 
     # -- rebalances -------------------------------------------------------------------
 
@@ -146,6 +164,10 @@ class SinkService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         runner = await serve(self.settings, self._health)
+        self.dlq = kafka_clients.producer(
+            self.settings, client_id=f"{self.settings.app_id}-sink-dlq"
+        )
+        await self.dlq.start()
         options: dict[str, Any] = {
             "group_id": f"{self.settings.app_id}-sink",
             "client_id": f"{self.settings.app_id}-sink",
@@ -181,6 +203,7 @@ class SinkService:
             await self.commit()
         finally:
             await self.consumer.stop()
+            await self.dlq.stop()
             await self.store.close()
             await runner.cleanup()
 
