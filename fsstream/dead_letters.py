@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 from fsstream import metrics
-from fsstream.wire import ERROR_HEADER, SOURCE_HEADER, Headers
+from fsstream.wire import ERROR_HEADER, SOURCE_HEADER, Headers, headers_of
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +68,15 @@ def dead_letter(
     if dropped:
         own.append((DLQ_DROPPED_HEADER, ",".join(dropped).encode()))
     return key, value, kept + own
+
+
+def dead_letter_of(record: Any, error: Exception) -> DeadLetter:
+    """The DLQ record of a consumed record that failed with ``error``, bytes unchanged."""
+    return dead_letter(
+        record.key,
+        record.value,
+        headers_of(record),
+        reason=type(error).__name__,
+        message=str(error),
+        source=f"{record.topic}/{record.partition}/{record.offset}",
+    )

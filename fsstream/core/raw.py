@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from fsstream.core.ids import fingerprint
+from fsstream.core.jsondepth import json_depth
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import format_event_time, is_canonical_event_time, parse_rfc3339_us
 
@@ -106,32 +107,12 @@ def _properties(text: str, name: str, position: int) -> dict[str, Any]:
         )
     # Only a text with that many brackets can nest that deep: the walk is rarely needed.
     if text.count("{") + text.count("[") > MAX_PROPERTIES_DEPTH and (
-        json_depth(value) > MAX_PROPERTIES_DEPTH
+        json_depth(value, MAX_PROPERTIES_DEPTH) > MAX_PROPERTIES_DEPTH
     ):
         raise PropertiesTooDeep(
             f"event {position}: {name} nests deeper than {MAX_PROPERTIES_DEPTH} levels"
         )
     return value
-
-
-def json_depth(value: Any) -> int:
-    """How deeply arrays and objects nest in a parsed JSON value (a scalar is 0), without
-    recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > deepest:
-            deepest = depth
-        stack.extend((child, depth) for child in children if isinstance(child, dict | list))
-    return deepest
 
 
 def check_event(

@@ -19,7 +19,7 @@ from fsstream.core.partitioning import partition_for
 from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
 from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
 from fsstream.core.timefmt import format_event_time
-from fsstream.dead_letters import DeadLetter, dead_letter
+from fsstream.dead_letters import DeadLetter, dead_letter, dead_letter_of
 from fsstream.reorder.content import RawContent, RawRecord
 from fsstream.reorder.state import PartitionState
 from fsstream.settings import Settings
@@ -175,7 +175,7 @@ class ReorderAgent:
                     )
                 )
             except Exception as exc:  # any failure of one record is that record's
-                out.dlq.append(self.dlq_record(record, exc))
+                out.dlq.append(dead_letter_of(record, exc))
                 continue
             out.events_in += len(raw.events)
             self.content.put(order.number, record.offset, raw)
@@ -263,17 +263,6 @@ class ReorderAgent:
         return value
 
     # -- dead letters ---------------------------------------------------------------
-
-    def dlq_record(self, record: Any, error: Exception) -> DeadLetter:
-        """The record, bytes unchanged, with the reason and its source."""
-        return dead_letter(
-            record.key,
-            record.value,
-            headers_of(record),
-            reason=type(error).__name__,
-            message=str(error),
-            source=f"{record.topic}/{record.partition}/{record.offset}",
-        )
 
     def _source(self, number: int, offset: int) -> str:
         return f"{self.settings.topic_raw}/{number}/{offset}"

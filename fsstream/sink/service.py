@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from fsstream import kafka_clients, metrics
 from fsstream.catalog_follower import DefinitionsFollower
 from fsstream.core.enrich import Catalog
-from fsstream.dead_letters import dead_letter
+from fsstream.dead_letters import dead_letter_of
 from fsstream.runtime import prepare_worker
 from fsstream.settings import Settings
 from fsstream.sink.agent import SinkAgent
@@ -29,7 +29,6 @@ from fsstream.sink.definitions_export import DefinitionsExporter
 from fsstream.sink.ledger import StoreLedgers
 from fsstream.store import open_store
 from fsstream.web import serve
-from fsstream.wire import headers_of
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +73,7 @@ class SinkService:
     async def _dead_letter(self, message: Any, error: Exception) -> None:
         """Send a record the warehouse cannot hold to the DLQ, before it is acknowledged."""
         assert self.dlq is not None
-        key, value, headers = dead_letter(
-            message.key,
-            message.value,
-            headers_of(message),
-            reason=type(error).__name__,
-            message=str(error),
-            source=f"{message.topic}/{message.partition}/{message.offset}",
-        )
+        key, value, headers = dead_letter_of(message, error)
         await self.dlq.send_and_wait(self.settings.topic_dlq, value, key=key, headers=headers)
 
     # -- rebalances -------------------------------------------------------------------

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fsstream import codec
+from fsstream.core.jsondepth import json_depth
 from fsstream.core.raw import (
     MAX_PROPERTIES_DEPTH,
     AbsurdIngestedTime,
     Limits,
     PropertiesTooDeep,
     check_batch,
-    json_depth,
 )
 from fsstream.core.reorder import Arrival, DictViewStore, Reorderer, ViewFull
 from fsstream.core.timefmt import format_event_time

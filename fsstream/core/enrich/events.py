@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsstream.core.enrich.errors import DefinitionError
+from fsstream.core.jsondepth import json_depth
 
 OPERATORS = ("equals", "contains", "exists", "gt", "lt")
 MAX_PREDICATES = 64
@@ -158,7 +159,7 @@ def _predicate(index: int, item: Any) -> PropertyPredicate:
         raise DefinitionError(f"{where}: op {op!r} needs a 'value'")
     if op in ("gt", "lt") and not (_is_number(value) and math.isfinite(value)):
         raise DefinitionError(f"{where}: op {op!r} needs a number 'value'")
-    if _nesting(value) > MAX_VALUE_NESTING:
+    if json_depth(value, MAX_VALUE_NESTING) > MAX_VALUE_NESTING:
         raise DefinitionError(
             f"{where}: 'value' nests lists and objects more than {MAX_VALUE_NESTING} deep"
         )
@@ -209,26 +210,6 @@ def _comparison(op: str, value: Any) -> Callable[[Any], bool]:
     if op == "gt":
         return lambda actual: (type(actual) is int or type(actual) is float) and actual > value
     return lambda actual: (type(actual) is int or type(actual) is float) and actual < value
-
-
-def _nesting(value: Any) -> int:
-    """How deep lists and objects nest in a JSON value, found without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_VALUE_NESTING:
-                break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def _is_number(value: Any) -> bool:
