@@ -2,8 +2,14 @@
 
 The only module that touches fastavro. Schemas are parsed once at import; a
 value is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the
-writer schema's canonical form + the Avro binary body, so a reader needs no
+writer schema's Parsing Canonical Form + the Avro binary body, so a reader needs no
 schema registry and rejects anything it does not know.
+
+Each schema file is a standalone document (a nested record is defined inline at its
+first use), and its fingerprint is that of the document alone, exactly as any Avro
+library computes it. A reader also knows *writer versions*: earlier fingerprints of
+the same schema (``LEGACY_FINGERPRINTS``) and other versions of a record added with
+``add_writer_version``, whose bodies are resolved to today's schema by Avro's rules.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ _SCHEMA_FILES = {
     EVENT: "event.avsc",
 }
 
+LEGACY_FINGERPRINTS = {bytes.fromhex("0a396749857dd79b"): RAW_EVENT_BATCH}
+"""Fingerprints fsstream wrote before its schemas were fingerprinted standalone (that of
+``RawEventBatch`` left ``RawEvent`` as a bare name); the bodies are the same. Read, never
+written, while raw records written with them may still exist."""
+
 
 class CodecError(ValueError):
     """A record value that cannot be decoded; the message says why."""
@@ -60,6 +71,8 @@ class Schema:
     header: bytes
     writer: Callable[[dict[str, Any]], bytes] | None = None
     reader: Callable[[bytes], dict[str, Any]] | None = None
+    resolved_to: Any = None
+    """For a writer version: today's parsed schema, which its bodies are resolved to."""
 
 
 _LENGTHS = [
@@ -275,15 +288,26 @@ def _flat_reader(parsed: Any) -> Callable[[bytes], dict[str, Any]] | None:
     return read
 
 
-def _load() -> dict[str, Schema]:
-    named: dict[str, Any] = {}
-    schemas: dict[str, Schema] = {}
+def _parsed(document: dict[str, Any]) -> tuple[Any, bytes]:
+    """A standalone schema document parsed, and its fingerprint."""
+    parsed = parse_schema(document, named_schemas={})
+    # fastavro gives the CRC-64-AVRO fingerprint's bytes little-endian, as the spec stores them.
+    return parsed, bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+def schema_document(name: str) -> dict[str, Any]:
+    """The standalone schema document of a record, as shipped in ``schemas/``."""
     folder = resources.files("fsstream") / "schemas"
-    for name, filename in _SCHEMA_FILES.items():
-        raw = json.loads((folder / filename).read_text(encoding="utf-8"))
-        parsed = parse_schema(raw, named_schemas=named)
-        # fastavro gives the CRC-64-AVRO fingerprint's bytes little-endian, as the spec stores them.
-        fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+    document: dict[str, Any] = json.loads(
+        (folder / _SCHEMA_FILES[name]).read_text(encoding="utf-8")
+    )
+    return document
+
+
+def _load() -> dict[str, Schema]:
+    schemas: dict[str, Schema] = {}
+    for name in _SCHEMA_FILES:
+        parsed, fp = _parsed(schema_document(name))
         schemas[name] = Schema(
             name, parsed, fp, MAGIC + fp, _flat_writer(parsed), _flat_reader(parsed)
         )
@@ -292,6 +316,20 @@ def _load() -> dict[str, Schema]:
 
 SCHEMAS: dict[str, Schema] = _load()
 _BY_FINGERPRINT: dict[bytes, Schema] = {s.fingerprint: s for s in SCHEMAS.values()}
+_BY_FINGERPRINT.update({fp: SCHEMAS[name] for fp, name in LEGACY_FINGERPRINTS.items()})
+
+
+def add_writer_version(name: str, document: dict[str, Any]) -> bytes:
+    """Read records written with another version of the named record's schema too.
+
+    Their bodies are resolved to today's schema (fields it lacks are skipped, fields the
+    version lacks take their defaults); returns the version's fingerprint.
+    """
+    current = SCHEMAS[name]
+    parsed, fp = _parsed(document)
+    if fp not in _BY_FINGERPRINT:
+        _BY_FINGERPRINT[fp] = Schema(name, parsed, fp, MAGIC + fp, resolved_to=current.parsed)
+    return fp
 
 
 def encode(schema_name: str, record: dict[str, Any]) -> bytes:
@@ -339,7 +377,7 @@ def decode(value: bytes, expected: str | None = None) -> dict[str, Any]:
     buf = io.BytesIO(value)
     buf.seek(HEADER_SIZE)
     try:
-        record = cast(dict[str, Any], schemaless_reader(buf, schema.parsed, None))
+        record = cast(dict[str, Any], schemaless_reader(buf, schema.parsed, schema.resolved_to))
     except (EOFError, IndexError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
         raise CorruptBodyError(f"corrupt {schema.name} body: {type(exc).__name__}: {exc}") from exc
     rest = len(value) - buf.tell()
