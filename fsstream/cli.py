@@ -19,7 +19,7 @@ from fsstream.settings import Settings, settings_from, settings_problems
 
 
 def _settings(ctx: click.Context, **extra: Any) -> Settings:
-    from fsstream.runtime import redact_output
+    from fsstream.infra.runtime import redact_output
 
     settings = settings_from({**ctx.obj, **extra})
     redact_output(settings)
@@ -46,8 +46,8 @@ class _Main(click.Group):
 
 
 def _connection_failure(ctx: click.Context, error: Exception) -> str:
-    from fsstream import kafka_clients
-    from fsstream.runtime import Redactor
+    from fsstream.infra import kafka_clients
+    from fsstream.infra.runtime import Redactor
 
     settings = settings_from(ctx.obj or {})
     try:
@@ -110,7 +110,7 @@ def topics() -> None:
 @click.pass_context
 def topics_create(ctx: click.Context) -> None:
     """Create the raw, definitions, events and DLQ topics (harmless when they exist)."""
-    from fsstream.topics import create_topics
+    from fsstream.contract.topics import create_topics
 
     for spec, status in asyncio.run(create_topics(_settings(ctx))):
         configs = ",".join(f"{k}={v}" for k, v in spec.configs.items())
@@ -124,7 +124,13 @@ def topics_create(ctx: click.Context) -> None:
 @click.pass_context
 def produce(ctx: click.Context, source: Any, batch_size: int, ingested_time: int | None) -> None:
     """Produce NDJSON events (file or stdin) to the raw topic, batched per view."""
-    from fsstream.produce import NdjsonError, group_batches, now_ms, parse_ndjson, produce_batches
+    from fsstream.commands.produce import (
+        NdjsonError,
+        group_batches,
+        now_ms,
+        parse_ndjson,
+        produce_batches,
+    )
 
     settings = _settings(ctx)
     try:
@@ -145,7 +151,7 @@ def tail(ctx: click.Context, topic: str, follow: bool, limit: int | None) -> Non
 
     TOPIC is a topic name or one of raw, definitions, events, dlq.
     """
-    from fsstream.tail import describe_record, read_topic
+    from fsstream.commands.tail import describe_record, read_topic
 
     settings = _settings(ctx)
     aliases = {
@@ -174,7 +180,7 @@ def tail(ctx: click.Context, topic: str, follow: bool, limit: int | None) -> Non
 @click.pass_context
 def replay(ctx: click.Context, target: str) -> None:
     """Rebuild a warehouse from the compacted events topic, idempotently."""
-    from fsstream.replay import replay as run_replay
+    from fsstream.commands.replay import replay as run_replay
 
     settings = _settings(ctx, warehouse_url=target)
     with click.progressbar(length=1, label="replaying", file=sys.stderr) as bar:
@@ -203,7 +209,7 @@ def definitions() -> None:
 @click.pass_context
 def definitions_load(ctx: click.Context, source: Any) -> None:
     """Check definitions (JSON array, object or NDJSON) and produce them all, or none."""
-    from fsstream.definitions import DefinitionFileError, load, parse_file
+    from fsstream.commands.load_definitions import DefinitionFileError, load, parse_file
 
     settings = _settings(ctx)
     try:
@@ -221,7 +227,7 @@ def kafka() -> None:
 @kafka.command("fetch")
 def kafka_fetch() -> None:
     """Fetch the broker's jars into the cache (no-op when present)."""
-    from fsstream.localkafka import fetch_broker
+    from fsstream.devtools.localkafka import fetch_broker
 
     click.echo(str(fetch_broker()))
 
@@ -231,7 +237,7 @@ def kafka_start() -> None:
     """Run a local broker in the foreground until interrupted."""
     import signal
 
-    from fsstream.localkafka import LocalKafka
+    from fsstream.devtools.localkafka import LocalKafka
 
     broker = LocalKafka().start()
     click.echo(f"Kafka ready at {broker.bootstrap} (pid {broker.pid}); Ctrl-C stops it")
@@ -261,7 +267,7 @@ def kafka_start() -> None:
 @click.pass_context
 def demo(ctx: click.Context, sessions: int, seed: int, workdir: Path) -> None:
     """Run fsstream end to end on a local broker with generated traffic."""
-    from fsstream.demo import run_demo
+    from fsstream.devtools.demo import run_demo
 
     run_demo(ctx.obj, sessions=sessions, seed=seed, workdir=workdir)
 
@@ -291,7 +297,7 @@ def bench(
     workdir: Path,
 ) -> None:
     """Measure CPU per million events, throughput, memory, latency and parquet size."""
-    from fsstream.bench import run_bench
+    from fsstream.devtools.bench import run_bench
 
     run_bench(
         ctx.obj,

@@ -72,9 +72,6 @@ class _PathsTooLong(Collector):
 
 REGISTRY.register(_PathsTooLong())
 OPEN_VIEWS = Gauge("fsstream_open_views", "Views with state on this worker.", registry=REGISTRY)
-HELD_EVENTS = Gauge(
-    "fsstream_held_events", "Events held for reordering on this worker.", registry=REGISTRY
-)
 CONSUMER_LAG = Gauge(
     "fsstream_consumer_lag",
     "Records behind the end of each assigned input partition.",

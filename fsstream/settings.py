@@ -122,7 +122,6 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, gt=0, description="Buffered bytes over all hours."
     )
     sink_flush_interval_s: float = Field(60.0, gt=0)
-    seal_check_interval_s: float = Field(30.0, gt=0)
     view_cache_size: int = Field(50_000, gt=0, description="View states kept decoded in memory.")
     raw_cache_bytes: int = Field(
         128 * 1024 * 1024,

@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
 
 

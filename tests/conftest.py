@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fsstream.localkafka import BrokerTls, LocalKafka, free_port
+from fsstream.devtools.localkafka import BrokerTls, LocalKafka, free_port
 from fsstream.settings import Settings
 
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import orjson
 
-from fsstream import codec, kafka_clients
+from fsstream.commands.tail import read_topic
+from fsstream.contract import codec
 from fsstream.core.ids import event_id, fingerprint, identify_event_id
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.tail import read_topic
 
 
 @dataclass
@@ -133,8 +134,8 @@ def traffic_day(
 ) -> tuple[list[View], list[RawRecord]]:
     """Generated traffic over most of a day (or ``hours``), late events included: its views
     and the raw records to send, in ingestion order."""
-    from fsstream import traffic
-    from fsstream.produce import group_batches, raw_event
+    from fsstream.commands.produce import group_batches, raw_event
+    from fsstream.devtools import traffic
 
     generated = sorted(
         traffic.generate(

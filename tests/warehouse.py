@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fsstream.core.layout import events_prefix
+from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
-from fsstream.store import open_store
 
 # The Data Direct events table (name, type, nullable); the documented deviation:
 # event_type is nullable, because nulled-out rows exist.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from fsstream.core.enrich.definitions import KINDS
 from fsstream.core.timefmt import format_partition_hour, format_partition_second, hour_floor_ms
-
-DEFINITION_KINDS = ("element", "event", "page")
 
 
 def org_prefix(org_id: str) -> str:
@@ -37,7 +36,7 @@ def manifest_key(org_id: str, hour_ms: int) -> str:
 
 def definitions_file_key(org_id: str, kind: str, synced_ms: int, name: str) -> str:
     """``.../configuration/<kind>-definitions/ingested_time=yyyy-MM-dd HH:mm:ss/<name>.parquet``."""
-    if kind not in DEFINITION_KINDS:
+    if kind not in KINDS:
         raise ValueError(f"unknown definition kind {kind!r}")
     return (
         f"{org_prefix(org_id)}configuration/{kind}-definitions/"

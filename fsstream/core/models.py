@@ -1,8 +1,6 @@
-"""Value types shared by the core and the I/O around it."""
+"""The view key, shared by the core and the I/O around it."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 
 def view_key(device_id: int, session_id: int | None, view_id: int | None) -> str:
@@ -11,11 +9,3 @@ def view_key(device_id: int, session_id: int | None, view_id: int | None) -> str
         f"{device_id}:{'' if session_id is None else session_id}:"
         f"{'' if view_id is None else view_id}"
     )
-
-
-@dataclass(frozen=True, slots=True)
-class RecordRef:
-    """Where a raw event came from: its record's offset and its index in the batch."""
-
-    offset: int
-    index: int

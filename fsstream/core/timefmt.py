@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-US_PER_MS = 1_000
 MS_PER_HOUR = 3_600_000
 
 

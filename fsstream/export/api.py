@@ -37,7 +37,7 @@ from aiohttp import web
 
 from fsstream.export.bundles import BundleInfo, bundle_key, exportable, list_bundles
 from fsstream.export.config import DAY_MS, HALF_HOUR_MS, ExportConfig, Period
-from fsstream.store import ObjectStore, StoreError
+from fsstream.infra.object_store import ObjectStore, StoreError
 
 __all__ = ["PAGE_SIZE", "BundleIndex", "ExportServer", "make_app", "run_api", "start_api"]
 

@@ -60,8 +60,8 @@ from fsstream.export.mapping import (
     export_event,
     parse_properties,
 )
+from fsstream.infra.object_store import ObjectStore
 from fsstream.sink.parquet_format import EVENTS_SCHEMA
-from fsstream.store import ObjectStore
 
 __all__ = [
     "BuiltBundle",

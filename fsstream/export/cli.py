@@ -14,7 +14,7 @@ from fsstream.settings import Settings, settings_from
 
 
 def _settings(ctx: click.Context) -> Settings:
-    from fsstream.runtime import redact_output
+    from fsstream.infra.runtime import redact_output
 
     settings = settings_from(ctx.obj or {})
     redact_output(settings)
@@ -111,7 +111,7 @@ def build(
     beside the workers.
     """
     from fsstream.export.bundles import BuiltBundle, build_bundles, build_due
-    from fsstream.store import open_store
+    from fsstream.infra.object_store import open_store
 
     settings = _settings(ctx)
     overrides = {"period_ms": period_ms, "availability_delay_ms": delay_ms}
@@ -180,7 +180,7 @@ def serve(
     from aiohttp import web
 
     from fsstream.export.api import make_app, run_api
-    from fsstream.store import open_store
+    from fsstream.infra.object_store import open_store
 
     settings = _settings(ctx)
     keys = tuple(key for value in api_keys for key in value.replace(",", " ").split())

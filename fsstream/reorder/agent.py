@@ -14,16 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsstream import codec, metrics
-from fsstream.core.partitioning import partition_for
-from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
-from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
-from fsstream.core.timefmt import format_event_time
-from fsstream.dead_letters import DeadLetter, dead_letter, dead_letter_of
-from fsstream.reorder.content import RawContent, RawRecord
-from fsstream.reorder.state import PartitionState
-from fsstream.settings import Settings
-from fsstream.wire import (
+from fsstream import metrics
+from fsstream.contract import codec
+from fsstream.contract.dead_letters import DeadLetter, dead_letter, dead_letter_of
+from fsstream.contract.wire import (
     HEARTBEAT_HEADER,
     ROW_EVENT_TIME_HEADER,
     ROW_INGESTED_HEADER,
@@ -32,6 +26,13 @@ from fsstream.wire import (
     Headers,
     headers_of,
 )
+from fsstream.core.partitioning import partition_for
+from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
+from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
+from fsstream.core.timefmt import format_event_time
+from fsstream.reorder.content import RawContent, RawRecord
+from fsstream.reorder.state import PartitionState
+from fsstream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from fsstream import codec, kafka_clients
+from fsstream.contract import codec
 from fsstream.core.raw import Limits, RawEvent, check_batch
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
 

@@ -154,10 +154,6 @@ class PartitionState:
         self._extra.clear()
         self._cache.clear()
 
-    @property
-    def pending(self) -> int:
-        return len(self._dirty)
-
     # -- reading back ---------------------------------------------------------------
 
     @property

@@ -32,11 +32,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from fsstream import kafka_clients, metrics
-from fsstream.catalog_follower import DefinitionsFollower
+from fsstream import metrics
+from fsstream.contract.topics import STATE_RECORD_MAX_BYTES, create_topics
 from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
-from fsstream.crashpoints import CrashPoints
+from fsstream.infra import kafka_clients
+from fsstream.infra.crashpoints import CrashPoints
+from fsstream.infra.definitions_follower import DefinitionsFollower
+from fsstream.infra.runtime import prepare_worker
+from fsstream.infra.web import serve
 from fsstream.reorder.agent import (
     HEARTBEAT_VALUE,
     BatchOutput,
@@ -49,10 +53,7 @@ from fsstream.reorder.agent import (
 )
 from fsstream.reorder.content import KafkaRawLog, RawContent
 from fsstream.reorder.state import Change, PartitionState, catch_up
-from fsstream.runtime import prepare_worker
 from fsstream.settings import Settings
-from fsstream.topics import STATE_RECORD_MAX_BYTES, create_topics
-from fsstream.web import serve
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,15 @@ from typing import Any
 
 import orjson
 
-from fsstream import codec, metrics
+from fsstream import metrics
+from fsstream.contract import codec
+from fsstream.contract.wire import (
+    ROW_EVENT_TIME_HEADER,
+    ROW_INGESTED_HEADER,
+    SUPERSEDED_BY_HEADER,
+    VIEW_HEADER,
+    headers_of,
+)
 from fsstream.core.layout import event_file_key, hour_of, manifest_key, seal_marker_key
 from fsstream.core.layout import hour_prefix as layout_hour_prefix
 from fsstream.core.raw import MAX_TIME_MS
@@ -42,7 +50,8 @@ from fsstream.core.timefmt import (
     format_partition_hour,
     parse_rfc3339_us,
 )
-from fsstream.crashpoints import CrashPoints
+from fsstream.infra.crashpoints import CrashPoints
+from fsstream.infra.object_store import ObjectStore
 from fsstream.settings import Settings
 from fsstream.sink.ledger import FileRecord, HourLedger, Ledgers
 from fsstream.sink.parquet_format import (
@@ -50,14 +59,6 @@ from fsstream.sink.parquet_format import (
     nullify,
     read_event_columns,
     serialize_events,
-)
-from fsstream.store import ObjectStore
-from fsstream.wire import (
-    ROW_EVENT_TIME_HEADER,
-    ROW_INGESTED_HEADER,
-    SUPERSEDED_BY_HEADER,
-    VIEW_HEADER,
-    headers_of,
 )
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,13 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
-from fsstream import codec
-from fsstream.core.layout import DEFINITION_KINDS, definitions_file_key, org_prefix
+from fsstream.contract import codec
+from fsstream.core.enrich import KINDS
+from fsstream.core.layout import definitions_file_key, org_prefix
 from fsstream.core.timefmt import format_definition_time
+from fsstream.infra.object_store import ObjectStore
 from fsstream.settings import Settings
 from fsstream.sink.parquet_format import serialize_definitions
-from fsstream.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class DefinitionsExporter:
             value = None if record.value is None else codec.decode(record.value, codec.DEFINITION)
         except (UnicodeDecodeError, codec.CodecError):
             return
-        if kind not in DEFINITION_KINDS or not definition_id:
+        if kind not in KINDS or not definition_id:
             return
         self._pending[(kind, definition_id)] = Change(
             kind, value, record.timestamp, record.partition, record.offset
@@ -123,7 +124,7 @@ class DefinitionsExporter:
             )
             name = "definitions+" + "+".join(f"{p}.{first}.{last}" for p, first, last in ranges)
             synced_ms = max(c.timestamp_ms for c in fresh.values())
-            for kind in DEFINITION_KINDS:
+            for kind in KINDS:
                 rows = [
                     row
                     for key, change in sorted(fresh.items())

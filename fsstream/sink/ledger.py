@@ -15,7 +15,7 @@ from typing import Protocol
 import orjson
 
 from fsstream.core.layout import org_prefix
-from fsstream.store import ObjectStore
+from fsstream.infra.object_store import ObjectStore
 
 
 @dataclass(slots=True)

@@ -18,17 +18,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from fsstream import kafka_clients, metrics
-from fsstream.catalog_follower import DefinitionsFollower
+from fsstream import metrics
+from fsstream.contract.dead_letters import dead_letter_of
 from fsstream.core.enrich import Catalog
-from fsstream.dead_letters import dead_letter_of
-from fsstream.runtime import prepare_worker
+from fsstream.infra import kafka_clients
+from fsstream.infra.definitions_follower import DefinitionsFollower
+from fsstream.infra.object_store import open_store
+from fsstream.infra.runtime import prepare_worker
+from fsstream.infra.web import serve
 from fsstream.settings import Settings
 from fsstream.sink.agent import SinkAgent
 from fsstream.sink.definitions_export import DefinitionsExporter
 from fsstream.sink.ledger import StoreLedgers
-from fsstream.store import open_store
-from fsstream.web import serve
 
 log = logging.getLogger(__name__)
 

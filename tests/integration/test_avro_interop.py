@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fsstream import codec
-from fsstream.processes import WorkerProcess
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.scenario import RawRecord, expected_rows, live, make_views, produce, wait_for
 from tests.unit.test_avro_interop import apache_encode, apache_schema
 

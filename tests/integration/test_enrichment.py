@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import TopicPartition
 
-from fsstream import codec, kafka_clients
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess, settings_env
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess, settings_env
+from fsstream.infra import kafka_clients
+from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
-from fsstream.store import open_store
-from fsstream.topics import create_topics
 from tests.scenario import RawRecord, live, produce, read_all, wait_for
 from tests.warehouse import DEFINITION_COLUMNS, PAGE_COLUMNS
 

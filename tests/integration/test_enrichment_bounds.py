@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from fsstream import codec, kafka_clients
-from fsstream.processes import WorkerProcess
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
+from fsstream.devtools.processes import WorkerProcess
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.integration.test_enrichment import end_offset, load, run_cli
 from tests.scenario import RawRecord, live, produce, wait_for
 

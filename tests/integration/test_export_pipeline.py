@@ -15,15 +15,15 @@ from typing import Any
 
 import orjson
 
+from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess, settings_env
 from fsstream.export.bundles import build_bundles
 from fsstream.export.config import HOUR_MS, ExportConfig
 from fsstream.export.mapping import EVENT_TYPES, event_start
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess, settings_env
+from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
-from fsstream.store import open_store
-from fsstream.topics import create_topics
 from tests.integration.test_sink_worker import complete
 from tests.scenario import expected_rows, produce, read_all, traffic_day
 from tests.warehouse import wait_for_warehouse, warehouse_settings

@@ -10,10 +10,11 @@ from pathlib import Path
 import orjson
 from aiokafka import TopicPartition
 
-from fsstream import codec, kafka_clients
-from fsstream.processes import settings_env
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics, describe_topic_configs
+from fsstream.devtools.processes import settings_env
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.topics import create_topics, describe_topic_configs
 
 
 def run_cli(

@@ -12,12 +12,13 @@ from typing import Any
 
 import orjson
 
-from fsstream import codec, kafka_clients
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
+from fsstream.contract.wire import HEARTBEAT_HEADER
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
-from fsstream.wire import HEARTBEAT_HEADER
 from tests.scenario import RawRecord, expected_rows, live, make_views, produce, wait_for
 from tests.warehouse import read_warehouse, wait_for_warehouse
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fsstream import codec
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.chaos import Cluster
 from tests.scenario import (
     RawRecord,

@@ -6,6 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,11 @@ from typing import Any
 
 import orjson
 
+from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess, settings_env
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess, settings_env
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.scenario import expected_rows, live, produce, read_all, traffic_day, wait_for
 from tests.warehouse import holds_live, read_warehouse, wait_for_warehouse
 
@@ -156,6 +157,23 @@ async def test_health_and_metrics_endpoints_serve_the_documented_names(
     assert float(rows_written[0].split()[1]) >= len(expected)
 
 
+async def settled_shares(
+    workers: dict[str, WorkerProcess], settings: Settings, timeout: float = 60.0
+) -> dict[str, int]:
+    """Partitions each worker owns once both roles' groups have settled: every partition
+    owned by one member (a rebalance in progress shows fewer)."""
+    totals = {"reorder": settings.raw_partitions, "sink": settings.events_partitions}
+    deadline = time.monotonic() + timeout
+    while True:
+        shares = {name: len((w.health() or {}).get("assigned", [])) for name, w in workers.items()}
+        owned = {
+            role: sum(n for name, n in shares.items() if name.startswith(role)) for role in totals
+        }
+        if owned == totals or time.monotonic() > deadline:
+            return shares
+        await asyncio.sleep(0.5)
+
+
 async def test_stopping_one_of_two_workers_per_role_moves_its_partitions(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
@@ -174,7 +192,7 @@ async def test_stopping_one_of_two_workers_per_role_moves_its_partitions(
     try:
         for worker in workers.values():
             worker.wait_assigned()
-        shares = {name: len(w.health()["assigned"]) for name, w in workers.items()}
+        shares = await settled_shares(workers, settings)
         await produce(settings, records[:half])
         await asyncio.sleep(2)
         assert workers["reorder-b"].stop() == 0

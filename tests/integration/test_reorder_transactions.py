@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from fsstream import kafka_clients
-from fsstream.processes import WorkerProcess
+from fsstream.contract.topics import create_topics
+from fsstream.devtools.processes import WorkerProcess
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.integration.test_reorder_worker import check_output, plan_records
 from tests.scenario import RawRecord, expected_rows, live, make_views, produce, read_all, wait_for
 

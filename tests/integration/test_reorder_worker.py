@@ -10,11 +10,11 @@ from pathlib import Path
 
 import orjson
 
-from fsstream import codec
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
 from fsstream.core.partitioning import partition_for
-from fsstream.processes import WorkerProcess
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.scenario import (
     RawRecord,
     View,

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
-from fsstream.localkafka import LocalKafka, free_port, scram_credential
-from fsstream.processes import WorkerProcess, settings_env
+from fsstream.devtools.localkafka import LocalKafka, free_port, scram_credential
+from fsstream.devtools.processes import WorkerProcess, settings_env
 from fsstream.settings import Settings
 from tests.conftest import SecureKafka, make_test_pki
 from tests.warehouse import create_bucket, read_warehouse, wait_for_warehouse

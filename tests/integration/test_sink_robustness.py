@@ -20,12 +20,12 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
-from fsstream import kafka_clients
+from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.faulty_s3 import Fault, FaultyProxy
 from tests.scenario import RawRecord, expected_rows, produce, read_all, traffic_day
 from tests.warehouse import (

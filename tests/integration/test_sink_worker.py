@@ -11,12 +11,12 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from fsstream import queries
+from fsstream.commands import queries
+from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
-from fsstream.localkafka import free_port
-from fsstream.processes import WorkerProcess
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
-from fsstream.topics import create_topics
 from tests.scenario import expected_rows, live, produce, read_all, traffic_day
 from tests.warehouse import (
     FILE_PATH,

@@ -21,9 +21,8 @@ import botocore.exceptions
 import pytest
 from pydantic import SecretStr
 
-from fsstream.localkafka import free_port
-from fsstream.settings import Settings
-from fsstream.store import (
+from fsstream.devtools.localkafka import free_port
+from fsstream.infra.object_store import (
     Backoff,
     LocalStore,
     ObjectInfo,
@@ -34,6 +33,7 @@ from fsstream.store import (
     open_store,
     org_prefix,
 )
+from fsstream.settings import Settings
 from tests.faulty_s3 import Fault, FaultyProxy
 
 MIB = 1024 * 1024

@@ -14,7 +14,7 @@ import avro.schema
 import pytest
 from fastavro.schema import fingerprint
 
-from fsstream import codec
+from fsstream.contract import codec
 from tests.unit.test_codec import DEFINITION, EVENT, RAW_EVENT
 
 RECORDS = {

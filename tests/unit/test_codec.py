@@ -6,7 +6,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsstream import codec
+from fsstream.contract import codec
 
 RAW_EVENT = {
     "device_id": 42,

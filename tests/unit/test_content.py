@@ -9,10 +9,10 @@ import tracemalloc
 
 import pytest
 
-from fsstream import codec
-from fsstream.bench import bench_batches
+from fsstream.contract import codec
 from fsstream.core.raw import Limits, check_batch
 from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
+from fsstream.devtools.bench import bench_batches
 from fsstream.reorder.content import LoggedRecord, RawContent, RawRecord
 
 LIMITS = Limits(max_age_ms=30 * 86_400_000, max_skew_ms=86_400_000)

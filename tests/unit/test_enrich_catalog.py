@@ -398,7 +398,7 @@ def test_a_deeply_nested_selector_is_refused_and_leaves_the_catalog_unchanged(
 def _record(key: str, value: dict[str, Any] | None, offset: int) -> Any:
     from aiokafka import ConsumerRecord
 
-    from fsstream import codec
+    from fsstream.contract import codec
 
     data = None if value is None else codec.encode(codec.DEFINITION, value)
     return ConsumerRecord(
@@ -410,7 +410,7 @@ def test_the_follower_refuses_any_record_it_cannot_apply_and_goes_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from fsstream import metrics
-    from fsstream.catalog_follower import DefinitionsFollower
+    from fsstream.infra.definitions_follower import DefinitionsFollower
     from fsstream.settings import Settings
 
     follower = DefinitionsFollower(Settings(), Catalog())

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsstream.core.enrich import Catalog, Matcher, enrich, parse_definition
-from fsstream.core.enrich.bench import benchmark_catalog, events, workload
+from fsstream.devtools.enrich_bench import benchmark_catalog, events, workload
 
 CHECKOUT = "body > div#app > main > form#checkout > button.btn.btn-primary[type=submit]"
 CHECKOUT_URL = {
@@ -545,7 +545,7 @@ def test_results_stay_right_when_the_caches_evict() -> None:
 
 
 def test_the_matching_benchmark_reports_linear_figures_for_every_point() -> None:
-    from fsstream.core.enrich import bench
+    from fsstream.devtools import enrich_bench as bench
 
     costs = bench.matching_costs((10, 2_000), (1, 50))
     assert [n for n, _ in costs["by_path_elements"]] == [10, 2_000]

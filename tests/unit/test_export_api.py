@@ -19,7 +19,7 @@ from yarl import URL
 from fsstream.export.api import LAST_S, PAGE_SIZE, BundleIndex, ExportServer, make_app, start_api
 from fsstream.export.bundles import bundle_key
 from fsstream.export.config import HOUR_MS, ExportConfig, Period
-from fsstream.store import LocalStore, ObjectInfo, StoreError
+from fsstream.infra.object_store import LocalStore, ObjectInfo, StoreError
 
 ORG = "o-api"
 KEYS = ("first-key", "second-key")

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from fsstream import traffic
 from fsstream.core.layout import event_file_key, hour_prefix
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.devtools import traffic
 from fsstream.export.bundles import (
     build_bundles,
     build_due,
@@ -24,8 +24,8 @@ from fsstream.export.bundles import (
     scan_hours,
 )
 from fsstream.export.config import DAY_MS, HOUR_MS, ExportConfig, Period
+from fsstream.infra.object_store import LocalStore
 from fsstream.sink.parquet_format import serialize_events
-from fsstream.store import LocalStore
 
 ORG = "o-test"
 DAY = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000

@@ -14,8 +14,8 @@ from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
 from fsstream.export.bundles import list_bundles
 from fsstream.export.cli import export
 from fsstream.export.config import HOUR_MS, parse_duration_ms
+from fsstream.infra.object_store import LocalStore
 from fsstream.sink.parquet_format import serialize_events
-from fsstream.store import LocalStore
 
 ORG = "o-cli"
 DAY = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000

@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fsstream import codec
+from fsstream.contract import codec
+from fsstream.contract.dead_letters import DLQ_RECORD_LIMIT, dead_letter
+from fsstream.contract.wire import HEARTBEAT_HEADER
 from fsstream.core.jsondepth import json_depth
 from fsstream.core.raw import (
     MAX_PROPERTIES_DEPTH,
@@ -28,12 +30,10 @@ from fsstream.core.raw import (
 )
 from fsstream.core.reorder import Arrival, DictViewStore, Reorderer, ViewFull
 from fsstream.core.timefmt import format_event_time
-from fsstream.dead_letters import DLQ_RECORD_LIMIT, dead_letter
 from fsstream.reorder.agent import ReorderAgent
 from fsstream.reorder.content import LoggedRecord, RawContent
 from fsstream.reorder.state import PartitionState
 from fsstream.settings import Settings
-from fsstream.wire import HEARTBEAT_HEADER
 from tests.scenario import RawRecord, View, expected_rows, live, make_views
 from tests.unit.test_sink_agent import Harness, LogMessage, row, tombstone
 

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from fsstream import localkafka
+from fsstream.devtools import localkafka
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fsstream.core.timefmt import format_definition_time, format_event_time
+from fsstream.devtools.traffic import generate
 from fsstream.sink.parquet_format import (
     ELEMENT_DEFINITIONS_SCHEMA,
     EVENT_DEFINITIONS_SCHEMA,
@@ -23,7 +24,6 @@ from fsstream.sink.parquet_format import (
     serialize_definitions,
     serialize_events,
 )
-from fsstream.traffic import generate
 from tests.warehouse import DEFINITION_COLUMNS, PAGE_COLUMNS, REFERENCE_EVENTS
 
 T0_MS = 1_704_070_800_000  # 2024-01-01 01:00:00 UTC

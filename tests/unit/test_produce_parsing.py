@@ -1,8 +1,8 @@
 import orjson
 import pytest
 
-from fsstream import codec
-from fsstream.produce import NdjsonError, group_batches, parse_ndjson
+from fsstream.commands.produce import NdjsonError, group_batches, parse_ndjson
+from fsstream.contract import codec
 
 GOOD = {
     "device_id": 1,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from fsstream.cli import main
-from fsstream.runtime import (
+from fsstream.infra.runtime import (
     MASK,
     WIRE_LOGGERS,
     RedactingFormatter,

@@ -20,14 +20,14 @@ from typing import Any
 import orjson
 import pytest
 
-from fsstream import codec
+from fsstream.contract import codec
 from fsstream.core.layout import event_file_key, manifest_key, seal_marker_key
 from fsstream.core.timefmt import MS_PER_HOUR, format_event_time, parse_rfc3339_us
+from fsstream.infra.object_store import LocalStore
 from fsstream.settings import Settings
 from fsstream.sink.agent import HourBuffer, HourIds, SinkAgent
 from fsstream.sink.ledger import MemoryLedgers
 from fsstream.sink.parquet_format import read_events
-from fsstream.store import LocalStore
 
 ORG = "o-unit"
 TOPIC = "events-unit"

@@ -14,10 +14,11 @@ from typing import Any
 
 import orjson
 
-from fsstream import codec, kafka_clients
+from fsstream.commands.tail import read_topic
+from fsstream.contract import codec
 from fsstream.core.enrich import Catalog, DefinitionError
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.tail import read_topic
 
 OPTIONAL_FIELDS = ("description", "created_by", "modified_by", "fs_link_id", "is_user_defined")
 

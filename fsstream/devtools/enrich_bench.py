@@ -1,4 +1,4 @@
-"""Micro-benchmark of enrichment alone: ``python -m fsstream.core.enrich.bench``.
+"""Micro-benchmark of enrichment alone: ``python -m fsstream.devtools.enrich_bench``.
 
 Builds a catalog of 50 element, 20 page and 20 event definitions and a stream of
 varied events whose selectors and URLs repeat with a long-tailed distribution, as

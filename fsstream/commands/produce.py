@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 
-from fsstream import codec, kafka_clients
+from fsstream.contract import codec
+from fsstream.contract.wire import VIEW_HEADER
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import parse_rfc3339_us
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-from fsstream.wire import VIEW_HEADER
 
 
 class NdjsonError(ValueError):

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from fsstream import kafka_clients
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
 STATE_RECORD_MAX_BYTES = 16 * 1024 * 1024

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fsstream import kafka_clients
+from fsstream.infra import kafka_clients
+from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
 from fsstream.sink.agent import SinkAgent
 from fsstream.sink.ledger import MemoryLedgers
-from fsstream.store import open_store
 
 
 @dataclass(frozen=True, slots=True)

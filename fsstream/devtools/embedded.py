@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsstream.localkafka import LocalKafka, free_port
-from fsstream.processes import WorkerProcess
+from fsstream.devtools.localkafka import LocalKafka, free_port
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
 
 

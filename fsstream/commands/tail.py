@@ -8,7 +8,8 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from fsstream import codec, kafka_clients
+from fsstream.contract import codec
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
 

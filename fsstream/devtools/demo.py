@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsstream import traffic
+from fsstream.commands.load_definitions import load as load_definitions
+from fsstream.commands.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.contract.topics import create_topics
 from fsstream.core.layout import events_prefix, manifest_key
 from fsstream.core.timefmt import MS_PER_HOUR, format_event_time, hour_floor_ms
-from fsstream.definitions import load as load_definitions
-from fsstream.embedded import EmbeddedPipeline
-from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.devtools import traffic
+from fsstream.devtools.embedded import EmbeddedPipeline
+from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
-from fsstream.store import open_store
-from fsstream.topics import create_topics
 
 DEFINITIONS: list[dict[str, Any]] = [
     {
@@ -163,7 +163,8 @@ def demo_traffic(sessions: int, seed: int, now_ms: int) -> tuple[list[ViewBatch]
 
 async def _bad_records(settings: Settings, at_ms: int) -> int:
     """A few records the worker must send to the DLQ: garbage, wrong schema, no device."""
-    from fsstream import codec, kafka_clients
+    from fsstream.contract import codec
+    from fsstream.infra import kafka_clients
 
     bad_event = {
         "device_id": None,
@@ -234,7 +235,7 @@ async def _warehouse_state(settings: Settings, hours: set[int]) -> tuple[int, in
 
 
 def _rage_clicks(settings: Settings, workdir: Path, day: str) -> list[tuple[Any, ...]]:
-    from fsstream import queries
+    from fsstream.commands import queries
 
     root = Path(settings.warehouse_url.removeprefix("file://"))
     if not settings.warehouse_url.startswith("file://"):

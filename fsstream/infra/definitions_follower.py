@@ -18,8 +18,10 @@ from collections.abc import Callable
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from fsstream import codec, kafka_clients, metrics
+from fsstream import metrics
+from fsstream.contract import codec
 from fsstream.core.enrich import Catalog, DefinitionError
+from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -32,18 +32,20 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from fsstream import codec, kafka_clients, traffic
+from fsstream.commands.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.contract import codec
+from fsstream.contract.topics import create_topics
 from fsstream.core.layout import events_prefix
 from fsstream.core.timefmt import MS_PER_HOUR, hour_floor_ms
-from fsstream.embedded import EmbeddedPipeline
-from fsstream.processes import settings_env
-from fsstream.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.devtools import traffic
+from fsstream.devtools.embedded import EmbeddedPipeline
+from fsstream.devtools.processes import settings_env
+from fsstream.infra import kafka_clients
+from fsstream.infra.object_store import open_store
+from fsstream.infra.runtime import tune_collector
 from fsstream.reorder.agent import OutputRecord
 from fsstream.reorder.worker import send_batches
-from fsstream.runtime import tune_collector
 from fsstream.settings import Settings
-from fsstream.store import open_store
-from fsstream.topics import create_topics
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TRANSACTION_COST_ROWS = 500
@@ -152,7 +154,7 @@ async def floor_loop(settings: Settings, expected_events: int) -> dict[str, floa
 def run_floor(settings: Settings, events: int) -> tuple[dict[str, float], float]:
     """The floor loop in a process of its own; (figures, peak RSS MiB)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fsstream.bench", "floor", str(events)],
+        [sys.executable, "-m", "fsstream.devtools.bench", "floor", str(events)],
         env=settings_env(settings),
         stdout=subprocess.PIPE,
     )
@@ -232,9 +234,9 @@ def time_core(settings: Settings, batches: list[ViewBatch], per_record: int) -> 
     events/s through the Reorderer, and µs per event to enrich."""
     import random
 
-    from fsstream.core.enrich import bench as enrich_bench
     from fsstream.core.raw import Limits, check_batch
     from fsstream.core.reorder import Arrival, DictViewStore, Reorderer
+    from fsstream.devtools import enrich_bench
 
     values = [(b.key, b.encode(), b.ingested_time) for b in batches]
     limits = Limits(
@@ -475,7 +477,7 @@ def report(
             f" {cost.transaction_ms:6.2f} ms",
         ]
     if matching is not None:
-        from fsstream.core.enrich import bench as enrich_bench
+        from fsstream.devtools import enrich_bench
 
         lines.append("== one uncached element match, every definition matching, in this process:")
         lines += enrich_bench.describe_matching(matching)
@@ -513,7 +515,7 @@ def run_bench(
         assert pipeline.settings is not None
         cost = transaction_cost(pipeline.settings, rows=TRANSACTION_COST_ROWS)
     say("element matching against deep paths and many definitions")
-    from fsstream.core.enrich import bench as enrich_bench
+    from fsstream.devtools import enrich_bench
 
     matching = enrich_bench.matching_costs()
     print(report(results, cost, matching), flush=True)

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from fsstream import metrics
-from fsstream.wire import ERROR_HEADER, SOURCE_HEADER, Headers, headers_of
+from fsstream.contract.wire import ERROR_HEADER, SOURCE_HEADER, Headers, headers_of
 
 log = logging.getLogger(__name__)
 

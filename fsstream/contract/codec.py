@@ -297,7 +297,7 @@ def _parsed(document: dict[str, Any]) -> tuple[Any, bytes]:
 
 def schema_document(name: str) -> dict[str, Any]:
     """The standalone schema document of a record, as shipped in ``schemas/``."""
-    folder = resources.files("fsstream") / "schemas"
+    folder = resources.files("fsstream.contract") / "schemas"
     document: dict[str, Any] = json.loads(
         (folder / _SCHEMA_FILES[name]).read_text(encoding="utf-8")
     )

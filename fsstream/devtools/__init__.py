@@ -1,0 +1,2 @@
+"""Tooling, not runtime: the demo, the benchmarks, generated traffic, the embedded
+pipeline, worker process helpers and the local Kafka broker."""
