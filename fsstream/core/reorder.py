@@ -273,7 +273,7 @@ class Reorderer:
     def _check_room(self, view_key: str, arrivals: list[Arrival], now: int) -> None:
         assert self.max_view_events is not None
         state = self.store.get(view_key)
-        if state is not None and state.compact and state.last_active_ms < now - self.horizon_ms:
+        if state is not None and self._forgotten(state, now):
             state = None  # forgotten as the record is taken
         size = state.size() if state is not None else 0
         if size + len(arrivals) <= self.max_view_events:
@@ -318,16 +318,21 @@ class Reorderer:
         self.counters.expired_views += expired
         return expired
 
+    def _forgotten(self, state: ViewState, now: int) -> bool:
+        """Whether a view is past the dedup horizon at stream time ``now``: a compact state
+        inactive for longer, which a new record of the view starts afresh."""
+        return state.compact and state.last_active_ms < now - self.horizon_ms
+
     def _live_state(self, view_key: str) -> ViewState | None:
         """The view's state, shrunk if it expired, None if it is new or past the horizon."""
         state = self.store.get(view_key)
         if state is None:
             return None
         now = self.stream_time_ms
+        if self._forgotten(state, now):
+            self.store.delete(view_key)
+            return None
         if state.compact:
-            if state.last_active_ms < now - self.horizon_ms:
-                self.store.delete(view_key)
-                return None
             return state
         if state.last_active_ms < now - self.ttl_ms and not state.held:
             self._activity.pop(view_key, None)
