@@ -102,7 +102,8 @@ class Cluster:
                 member.process = None
 
     async def settle(self, timeout: float = 60.0) -> None:
-        """Restart every dead member without a crash point; wait until all own partitions."""
+        """Restart every dead member without a crash point; wait until all own partitions
+        (a member armed with a crash point may reach it first: ``died`` records that)."""
         self.reap()
         for member in self.members.values():
             if not member.alive():
@@ -115,6 +116,8 @@ class Cluster:
                 if health and health.get("assigned"):
                     break
                 if not member.process.alive():
+                    if member.crash_point:
+                        break  # reached its crash point before it was seen owning anything
                     raise AssertionError(
                         f"{member.name} died while settling; see {member.log_path}"
                     )
