@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint unit
+.PHONY: install demo test lint unit lock
 
-$(BIN)/fsstream: pyproject.toml
+$(BIN)/fsstream: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/fsstream
@@ -29,4 +29,14 @@ test: lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 unit: install
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not integration"
+
+# Re-resolve every dependency to its newest allowed version and pin the result.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ head -n 2 constraints.txt; .lock-venv/bin/pip freeze --exclude fsstream; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .lock-venv

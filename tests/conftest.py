@@ -25,6 +25,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+INFRASTRUCTURE = frozenset({"kafka", "secure_kafka", "s3_endpoint"})
+"""Session fixtures that start a broker or an S3 server: a test using one is ``integration``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under ``tests/integration`` or needing a broker or S3 server, so that
+    ``pytest -m "not integration"`` is the fast loop that starts nothing."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        uses = INFRASTRUCTURE & set(getattr(item, "fixturenames", ()))
+        if uses or integration in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[LocalKafka]:
     """A broker shared by the whole session; tests keep apart by unique topic names."""

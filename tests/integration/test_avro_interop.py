@@ -13,7 +13,7 @@ from fsstream.contract.topics import create_topics
 from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
 from tests.scenario import RawRecord, expected_rows, live, make_views, produce, wait_for
-from tests.unit.test_avro_interop import apache_encode, apache_schema
+from tests.unit.contract.test_avro_interop import apache_encode, apache_schema
 
 
 async def test_apache_avro_records_and_old_fingerprints_are_published(

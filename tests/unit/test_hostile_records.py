@@ -35,7 +35,7 @@ from fsstream.reorder.content import LoggedRecord, RawContent
 from fsstream.reorder.state import PartitionState
 from fsstream.settings import Settings
 from tests.scenario import RawRecord, View, expected_rows, live, make_views
-from tests.unit.test_sink_agent import Harness, LogMessage, row, tombstone
+from tests.unit.sink.test_agent import Harness, LogMessage, row, tombstone
 
 NOW_MS = int(time.time() * 1000)
 EVENT_TIME = format_event_time((NOW_MS - 60_000) * 1000)
@@ -400,7 +400,7 @@ def test_hostile_records_never_escape_the_sink_record_path(
     mutations: list[tuple[str, Any, Any]],
     order: random.Random,
 ) -> None:
-    from tests.unit.test_sink_agent import H0
+    from tests.unit.sink.test_agent import H0
 
     harness = Harness(tmp_path_factory.mktemp("sink"))
     rejected: list[tuple[int, str]] = []

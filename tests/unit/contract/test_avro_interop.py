@@ -15,7 +15,7 @@ import pytest
 from fastavro.schema import fingerprint
 
 from fsstream.contract import codec
-from tests.unit.test_codec import DEFINITION, EVENT, RAW_EVENT
+from tests.unit.contract.test_codec import DEFINITION, EVENT, RAW_EVENT
 
 RECORDS = {
     codec.RAW_EVENT: RAW_EVENT,

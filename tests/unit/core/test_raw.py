@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fsstream.core import raw
 from fsstream.core.ids import fingerprint
-from tests.unit.test_codec import RAW_EVENT
+from tests.unit.contract.test_codec import RAW_EVENT
 
 TS_MS = 1704067200500
 LIMITS = raw.Limits(max_age_ms=86_400_000, max_skew_ms=3_600_000)
