@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,17 +10,6 @@ from typing import Any
 from fsstream.devtools.localkafka import LocalKafka, free_port
 from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
-
-
-def scrape(text: str, name: str) -> float:
-    """Sum of a metric's samples (all label sets) in Prometheus text format."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            match = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-            if match:
-                total += float(match.group(2))
-    return total
 
 
 @dataclass
@@ -95,7 +83,7 @@ class EmbeddedPipeline:
         for worker in self.workers.values():
             if worker.alive():
                 with contextlib.suppress(OSError):
-                    total += scrape(worker.metrics(), name)
+                    total += worker.metric(name)
         return total
 
     def close(self) -> None:

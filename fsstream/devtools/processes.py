@@ -13,7 +13,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from fsstream.settings import Settings
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, in a
+    Prometheus exposition (0 when there are none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -71,6 +84,10 @@ class WorkerProcess:
         with urllib.request.urlopen(url, timeout=2) as response:
             text: str = response.read().decode()
             return text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The worker's current value of a metric: see ``metric_value``."""
+        return metric_value(self.metrics(), name, **labels)
 
     def wait_assigned(self, timeout: float = 90.0) -> dict[str, Any]:
         """Wait until the worker serves health and owns at least one partition."""

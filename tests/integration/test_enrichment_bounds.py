@@ -107,13 +107,6 @@ def all_assigned(worker: WorkerProcess, partitions: int) -> dict[str, Any]:
     raise TimeoutError(f"the worker did not take all {partitions} raw partitions")
 
 
-def metric(worker: WorkerProcess, name: str) -> float:
-    for line in worker.metrics().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 @pytest.mark.parametrize("depth", [241, 1000])
 async def test_a_deeply_nested_selector_is_refused_by_definitions_load(
     make_settings: Callable[..., Settings], depth: int
@@ -171,7 +164,7 @@ async def test_nested_selectors_written_to_the_topic_are_refused_and_the_worker_
             settings, settings.topic_events, lambda rs: len(live(rs)) == 1, timeout=60
         )
         assert worker.alive()
-        refused = metric(worker, "fsstream_definitions_refused_total")
+        refused = worker.metric("fsstream_definitions_refused_total")
     (row,) = live(records).values()
     assert element_ids(row) == ("el-a", ("el-buy", "el-main"))
     assert refused == 3
@@ -207,7 +200,7 @@ async def test_hostile_raw_selectors_are_processed_promptly_and_the_worker_stays
         elapsed = time.monotonic() - started
         assert worker.alive()
         after = worker.health()
-        too_long = metric(worker, "fsstream_enrich_paths_too_long_total")
+        too_long = worker.metric("fsstream_enrich_paths_too_long_total")
     rows = live(records)
     assert len(rows) == 9, f"{len(rows)} of 9 rows after {elapsed:.0f}s"
     assert elapsed < 30

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fsstream.contract.topics import create_topics
-from fsstream.devtools.processes import WorkerProcess
+from fsstream.devtools.processes import WorkerProcess, metric_value
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 from tests.integration.test_reorder_worker import check_output, plan_records
@@ -114,7 +114,7 @@ async def test_a_backfill_of_two_day_old_views_is_reordered_and_redeliveries_are
         assert set(live(corrected)) == expected, "the backfill was not reordered"
         await produce(settings, after_expiry)
         deadline = time.monotonic() + 60
-        while metric(worker.metrics(), "fsstream_duplicate_events_total") < redelivered:
+        while worker.metric("fsstream_duplicate_events_total") < redelivered:
             assert time.monotonic() < deadline, "the redeliveries were not all recognised"
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)  # anything they wrongly caused would be published by now
@@ -124,15 +124,7 @@ async def test_a_backfill_of_two_day_old_views_is_reordered_and_redeliveries_are
     assert any(r.value is None for r in records), "late events must have corrected the backfill"
     rows = Counter(r.key for r in records if r.value is not None)
     assert max(rows.values()) == 1
-    assert metric(metrics_text, "fsstream_duplicate_events_total") == redelivered
-    assert metric(metrics_text, "fsstream_expired_views_total") >= len(
+    assert metric_value(metrics_text, "fsstream_duplicate_events_total") == redelivered
+    assert metric_value(metrics_text, "fsstream_expired_views_total") >= len(
         {r.key for r in after_expiry}
     )
-
-
-def metric(text: str, name: str) -> float:
-    """The value of an unlabelled sample in a Prometheus exposition."""
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")

@@ -304,7 +304,7 @@ async def test_s3_outage_pauses_the_sink_which_then_catches_up_with_nothing_lost
             rule.outage.clear()
         await produce(settings, after)
         warehouse = await wait_for_warehouse(settings, settled(expected), timeout=120)
-        retries = metric_total(sink.metrics(), "fsstream_s3_retries_total")
+        retries = sink.metric("fsstream_s3_retries_total")
         assert sink.alive()
     assert set(warehouse.live()) == expected
     assert manifests_match(warehouse) is None
@@ -340,7 +340,7 @@ async def test_buffered_bytes_stay_within_a_small_budget_over_many_hours_and_vie
         try:
             await produce(settings, records)  # the whole day at once: every hour open
             warehouse = await wait_for_warehouse(settings, settled(expected), timeout=120)
-            peak = metric_total(sink.metrics(), "fsstream_sink_buffered_bytes_peak")
+            peak = sink.metric("fsstream_sink_buffered_bytes_peak")
         finally:
             stop.set()
             scraper.join(10)
@@ -358,15 +358,6 @@ def scrape(sink: WorkerProcess, samples: list[float], stop: threading.Event) -> 
     """Sample the sink's buffered bytes until told to stop."""
     while not stop.wait(0.05):
         try:
-            samples.append(metric_total(sink.metrics(), "fsstream_sink_buffered_bytes"))
+            samples.append(sink.metric("fsstream_sink_buffered_bytes"))
         except OSError:
             time.sleep(0.1)
-
-
-def metric_total(text: str, name: str) -> float:
-    """The sum of a metric's samples over all its labels in Prometheus text format."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
