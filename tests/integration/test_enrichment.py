@@ -113,10 +113,10 @@ def enrichment(record: Any) -> tuple[Any, ...]:
     source = orjson.loads(value["source_properties"])
     return (
         event["target"].get("element_definition_id"),
-        tuple(event["target"]["additional_element_definition_ids"]),
+        tuple(event["target"].get("additional_element_definition_ids", ())),
         source.get("page_definition_id"),
         event.get("event_definition_id"),
-        tuple(event["additional_event_definition_ids"]),
+        tuple(event.get("additional_event_definition_ids", ())),
     )
 
 

@@ -62,7 +62,9 @@ def clicks(session: int, selectors: list[str], at_ms: int) -> RawRecord:
 
 def element_ids(record: Any) -> tuple[str | None, tuple[str, ...]]:
     target = orjson.loads(codec.decode(record.value)["event_properties"])["target"]
-    return target.get("element_definition_id"), tuple(target["additional_element_definition_ids"])
+    return target.get("element_definition_id"), tuple(
+        target.get("additional_element_definition_ids", ())
+    )
 
 
 async def write_directly(settings: Settings, definitions: list[dict[str, Any]]) -> None:

@@ -112,6 +112,10 @@ class ElementMatcher:
         self._cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._cache_size = cache_size
 
+    def __bool__(self) -> bool:
+        """Whether any element definition is active."""
+        return bool(self._ids)
+
     def match(self, raw_selector: str) -> tuple[str, ...]:
         """Ids of the element definitions matching the path, best first."""
         if not self._ids:
@@ -187,6 +191,10 @@ class PageMatcher:
         self._cache: OrderedDict[str, str | None] = OrderedDict()
         self._cache_size = cache_size
 
+    def __bool__(self) -> bool:
+        """Whether any page definition is active."""
+        return bool(self._patterns)
+
     def match(self, url: Mapping[str, Any]) -> str | None:
         """The id of the most literal page matching an event's ``Url`` object, if any.
 
@@ -240,6 +248,10 @@ class EventMatcher:
                 )
             )
         self._by_type = {t: tuple(rules) for t, rules in by_type.items()}
+
+    def __bool__(self) -> bool:
+        """Whether any event definition is active."""
+        return bool(self._by_type)
 
     def match(
         self,
@@ -296,32 +308,63 @@ def enrich(
     """Write the ids of the matching definitions into the event, in place, and return
     its two property objects.
 
-    Page and element come first because event definitions may require them. Ids left
-    by an earlier enrichment are replaced, so enriching twice changes nothing.
+    Per kind: where definitions of the kind are active, the computed ids replace those
+    the event carried (so enriching twice changes nothing); where none are, the ids the
+    source set are kept, since fsstream has nothing better, and event definitions that
+    require an element or a page see them. An ``additional_*`` list stands beside its
+    most specific id, as in Data Direct (``[]`` when one definition matched), never
+    alone. Page and element come first because event definitions may require them.
     """
-    url = source_properties.get("url")
-    page_id = matcher.pages.match(url) if isinstance(url, dict) else None
-    if page_id is None:
-        source_properties.pop(PAGE_DEFINITION_ID, None)
+    if matcher.pages:
+        url = source_properties.get("url")
+        page_id = matcher.pages.match(url) if isinstance(url, dict) else None
+        if page_id is None:
+            source_properties.pop(PAGE_DEFINITION_ID, None)
+        else:
+            source_properties[PAGE_DEFINITION_ID] = page_id
     else:
-        source_properties[PAGE_DEFINITION_ID] = page_id
+        kept_page = source_properties.get(PAGE_DEFINITION_ID)
+        page_id = kept_page if isinstance(kept_page, str) else None
 
-    element_ids: tuple[str, ...] = ()
+    element_ids: Sequence[str] = ()
     target = event_properties.get("target")
     if isinstance(target, dict):
-        raw_selector = target.get("raw_selector")
-        if isinstance(raw_selector, str):
-            element_ids = matcher.elements.match(raw_selector)
-        if element_ids:
-            target[ELEMENT_DEFINITION_ID] = element_ids[0]
+        if matcher.elements:
+            raw_selector = target.get("raw_selector")
+            if isinstance(raw_selector, str):
+                element_ids = matcher.elements.match(raw_selector)
+            _set_ranked(
+                target, ELEMENT_DEFINITION_ID, ADDITIONAL_ELEMENT_DEFINITION_IDS, element_ids
+            )
         else:
-            target.pop(ELEMENT_DEFINITION_ID, None)
-        target[ADDITIONAL_ELEMENT_DEFINITION_IDS] = list(element_ids[1:])
+            element_ids = _ranked(target, ELEMENT_DEFINITION_ID, ADDITIONAL_ELEMENT_DEFINITION_IDS)
 
-    event_properties.pop(EVENT_DEFINITION_ID, None)
-    event_properties.pop(ADDITIONAL_EVENT_DEFINITION_IDS, None)
-    event_ids = matcher.events.match(event_type, event_properties, element_ids, page_id)
-    if event_ids:
-        event_properties[EVENT_DEFINITION_ID] = event_ids[0]
-    event_properties[ADDITIONAL_EVENT_DEFINITION_IDS] = event_ids[1:]
+    if matcher.events:
+        event_ids = matcher.events.match(event_type, event_properties, element_ids, page_id)
+        _set_ranked(
+            event_properties, EVENT_DEFINITION_ID, ADDITIONAL_EVENT_DEFINITION_IDS, event_ids
+        )
     return event_properties, source_properties
+
+
+def _set_ranked(
+    properties: dict[str, Any], best_key: str, additional_key: str, ids: Sequence[str]
+) -> None:
+    """Write ranked ids as the most specific one and a fresh list of the others."""
+    if ids:
+        properties[best_key] = ids[0]
+        properties[additional_key] = list(ids[1:])
+    else:
+        properties.pop(best_key, None)
+        properties.pop(additional_key, None)
+
+
+def _ranked(properties: Mapping[str, Any], best_key: str, additional_key: str) -> tuple[str, ...]:
+    """The ranked ids an event already carries (the source's), best first."""
+    best = properties.get(best_key)
+    if not isinstance(best, str):
+        return ()
+    additional = properties.get(additional_key)
+    if not isinstance(additional, list):
+        return (best,)
+    return (best, *(i for i in additional if isinstance(i, str)))

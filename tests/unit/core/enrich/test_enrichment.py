@@ -89,14 +89,50 @@ def test_all_outputs_of_a_click() -> None:
     assert props["additional_event_definition_ids"] == ["v-click"]
 
 
-def test_lists_are_present_and_empty_when_nothing_matches() -> None:
+def test_nothing_is_added_when_no_definition_is_loaded() -> None:
     props, source = click()
+    original = copy.deepcopy((props, source))
     enrich("click", props, source, matcher())
-    assert props["target"]["additional_element_definition_ids"] == []
+    assert (props, source) == original
+
+
+def test_no_match_adds_no_id_and_no_list() -> None:
+    m = matcher(element("e1", "span"), page("p1", "/elsewhere"), event("v1", event_type="change"))
+    props, source = click()
+    enrich("click", props, source, m)
     assert "element_definition_id" not in props["target"]
-    assert props["additional_event_definition_ids"] == []
+    assert "additional_element_definition_ids" not in props["target"]
     assert "event_definition_id" not in props
+    assert "additional_event_definition_ids" not in props
     assert "page_definition_id" not in source
+
+
+def test_ids_the_source_set_are_kept_for_kinds_with_no_definitions() -> None:
+    props, source = click()
+    props["target"]["element_definition_id"] = "src-el"
+    props["target"]["additional_element_definition_ids"] = ["src-el-2"]
+    props["event_definition_id"] = "src-ev"
+    source["page_definition_id"] = "src-page"
+    original = copy.deepcopy((props, source))
+    enrich("click", props, source, matcher())
+    assert (props, source) == original
+
+
+def test_event_definitions_see_the_element_and_page_the_source_set() -> None:
+    m = matcher(
+        event("v-el", event_type="click", element_definition_id="src-el-2"),
+        event("v-page", event_type="click", page_definition_id="src-page"),
+    )
+    props, source = click()
+    props["target"]["element_definition_id"] = "src-el"
+    props["target"]["additional_element_definition_ids"] = ["src-el-2"]
+    props["event_definition_id"] = "src-ev"
+    source["page_definition_id"] = "src-page"
+    enrich("click", props, source, m)
+    assert props["target"]["element_definition_id"] == "src-el"
+    assert source["page_definition_id"] == "src-page"
+    assert props["event_definition_id"] == "v-el"
+    assert props["additional_event_definition_ids"] == ["v-page"]
 
 
 def test_a_single_match_leaves_the_additional_lists_empty() -> None:
@@ -121,18 +157,18 @@ def test_events_without_a_target_get_no_element_fields() -> None:
     }
 
 
-def test_a_target_without_a_raw_selector_still_gets_an_empty_list() -> None:
+def test_a_target_without_a_raw_selector_gets_no_element_fields() -> None:
     m = matcher(element("e1", "*"))
     props: dict[str, Any] = {"target": {"text": "x"}}
     enrich("click", props, {}, m)
-    assert props["target"] == {"text": "x", "additional_element_definition_ids": []}
+    assert props["target"] == {"text": "x"}
 
 
 def test_an_unparseable_raw_selector_matches_no_element() -> None:
     m = matcher(element("e1", "*"))
     props, source = click("div >> span")
     enrich("click", props, source, m)
-    assert props["target"]["additional_element_definition_ids"] == []
+    assert "additional_element_definition_ids" not in props["target"]
     assert "element_definition_id" not in props["target"]
 
 
@@ -151,8 +187,9 @@ def test_ids_left_by_an_earlier_enrichment_are_replaced() -> None:
     props["event_definition_id"] = "stale"
     props["additional_event_definition_ids"] = ["stale"]
     source["page_definition_id"] = "stale"
-    enrich("click", props, source, matcher(event("v1", event_type="click")))
-    assert props["target"]["additional_element_definition_ids"] == []
+    m = matcher(element("e1", "span"), page("p1", "/elsewhere"), event("v1", event_type="click"))
+    enrich("click", props, source, m)
+    assert "additional_element_definition_ids" not in props["target"]
     assert "element_definition_id" not in props["target"]
     assert props["event_definition_id"] == "v1"
     assert props["additional_event_definition_ids"] == []
@@ -366,10 +403,10 @@ def test_enrichment_uses_the_versions_active_at_the_record_timestamp() -> None:
         return (
             props["target"].get("element_definition_id"),
             props.get("event_definition_id"),
-            props["additional_event_definition_ids"],
+            props.get("additional_event_definition_ids"),
         )
 
-    assert ids_at(999) == (None, None, [])
+    assert ids_at(999) == (None, None, None)
     assert ids_at(1000) == ("e1", "v1", [])
     assert ids_at(2000) == ("e1", "v2", ["v1"])
     assert ids_at(3000) == (None, "v1", [])
@@ -500,9 +537,14 @@ def test_enrichment_keeps_every_other_key_and_is_idempotent(
     enrich(event_type, props, source, _PROPERTY_MATCHER)
     assert _without_outputs(props) == _without_outputs(original_props)
     assert _without_outputs(source) == _without_outputs(original_source)
-    assert isinstance(props["additional_event_definition_ids"], list)
-    if isinstance(props.get("target"), dict):
-        assert isinstance(props["target"]["additional_element_definition_ids"], list)
+    assert ("event_definition_id" in props) == isinstance(
+        props.get("additional_event_definition_ids"), list
+    )
+    target = props.get("target")
+    if isinstance(target, dict):
+        assert ("element_definition_id" in target) == isinstance(
+            target.get("additional_element_definition_ids"), list
+        )
     once = copy.deepcopy((props, source))
     enrich(event_type, props, source, _PROPERTY_MATCHER)
     assert (props, source) == once
@@ -518,10 +560,10 @@ def test_the_benchmark_workload_exercises_every_kind() -> None:
         enrich(event_type, props, source, m)
     with_target = [p["target"] for _, p, _ in batch if "target" in p]
     assert sum("element_definition_id" in t for t in with_target) > len(with_target) / 2
-    assert any(t["additional_element_definition_ids"] for t in with_target)
+    assert any(t.get("additional_element_definition_ids") for t in with_target)
     assert sum("page_definition_id" in s for _, _, s in batch) > len(batch) / 2
     assert sum("event_definition_id" in p for _, p, _ in batch) > len(batch) / 2
-    assert any(p["additional_event_definition_ids"] for _, p, _ in batch)
+    assert any(p.get("additional_event_definition_ids") for _, p, _ in batch)
 
 
 def test_results_stay_right_when_the_caches_evict() -> None:
@@ -556,3 +598,13 @@ def test_the_matching_benchmark_reports_linear_figures_for_every_point() -> None
     assert deep < short * 200 * 4  # 200 times the path, within a generous factor
     lines = bench.describe_matching(costs)
     assert "by path elements" in lines[0] and "2000:" in lines[0]
+
+
+@given(raw_events())
+def test_with_no_definitions_an_event_keeps_exactly_what_the_source_sent(
+    raw: tuple[str, dict[str, Any], dict[str, Any]],
+) -> None:
+    event_type, props, source = raw
+    original = copy.deepcopy((props, source))
+    enrich(event_type, props, source, matcher())
+    assert (props, source) == original
