@@ -74,6 +74,9 @@ def main(ctx: click.Context, broker_url: str | None, warehouse_url: str | None) 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         # Client retries during topic creation and leader moves are expected, not news.
         logging.getLogger("aiokafka").setLevel(logging.ERROR)
+        from fsstream.infra.runtime import calm_transient_kafka_errors
+
+        calm_transient_kafka_errors()
 
 
 @main.command()

@@ -86,8 +86,24 @@ def _source(rng: random.Random, web: bool, path: str) -> tuple[str, dict[str, An
             "origin": "dom",
             "integration": "fs",
         }
+    screen = path.strip("/") or "home"
     return "mobile_app", {
-        "app_screen_name": path.strip("/") or "home",
+        # The mobile SDK reports the screen as a URL and the app as the user agent.
+        "url": {
+            "full_url": f"app://com.example.shop/{screen}",
+            "host": "com.example.shop",
+            "path": path,
+            "query": {},
+            "hash_path": "",
+            "hash_query": {},
+        },
+        "user_agent": {
+            "browser": "Mobile App",
+            "operating_system": "iOS",
+            "device": "Mobile",
+            "raw_user_agent": "Shop/5.2.1 (com.example.shop; iPhone14,2; iOS 17.4)",
+        },
+        "app_screen_name": screen,
         "app_name": "Shop",
         "app_package_name": "com.example.shop",
         "app_version": "5.2.1",

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 from collections.abc import Iterable
@@ -41,6 +42,48 @@ WIRE_LOGGERS = {
 }
 """The least severe level each client library logs at: below it, they log requests
 with their credentials (aiokafka's SASL handshake, botocore's signed headers)."""
+
+
+STARTUP_GRACE_S = 60.0
+"""How long after start a Kafka client's retriable start-up answers are expected."""
+
+TRANSIENT_KAFKA_ERRORS = (
+    "GroupCoordinatorNotAvailableError",
+    "NotCoordinatorForGroupError",
+    "CoordinatorLoadInProgressError",
+    "NotLeaderForPartitionError",
+    "LeaderNotAvailableError",
+)
+"""Broker answers that mean a group coordinator or a partition leader is still being
+elected, as right after a broker, a topic or a group is created; aiokafka retries them."""
+
+
+class TransientKafkaErrors(logging.Filter):
+    """aiokafka logs the retriable answers above at ERROR and then retries: within the
+    start-up grace they are expected and dropped; later they are warnings, since they
+    only persist while the cluster itself is unwell."""
+
+    def __init__(self, grace_s: float = STARTUP_GRACE_S) -> None:
+        super().__init__()
+        self.until = time.monotonic() + grace_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.WARNING or not record.name.startswith("aiokafka"):
+            return True
+        message = record.getMessage()
+        if not any(name in message for name in TRANSIENT_KAFKA_ERRORS):
+            return True
+        if time.monotonic() < self.until:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def calm_transient_kafka_errors() -> None:
+    """Install ``TransientKafkaErrors`` on the root logger's handlers (once each)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, TransientKafkaErrors) for f in handler.filters):
+            handler.addFilter(TransientKafkaErrors())
 
 
 class Redactor:
@@ -118,6 +161,7 @@ def prepare_worker(settings: Settings) -> None:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
     quiet_wire_loggers()
+    calm_transient_kafka_errors()
     redact_output(settings)
     tune_collector()
 

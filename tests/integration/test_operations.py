@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
 from fsstream.contract.topics import create_topics
@@ -246,3 +247,18 @@ def test_demo_runs_end_to_end_on_a_small_scale(tmp_path: Path) -> None:
     assert dlq[0].split()[-1] == "3"
     assert list((tmp_path / "demo" / "warehouse").rglob("*.parquet"))
     assert list((tmp_path / "demo" / "warehouse").rglob("_manifest.json"))
+    # A clean first run: no ERROR line from the demo or its workers, transient start-up
+    # states included, and every rage-click row names a browser and a path.
+    logs = [result.stderr.decode(), output]
+    logs += [p.read_text() for p in (tmp_path / "demo" / "logs").glob("*.log")]
+    errors = [line for text in logs for line in text.splitlines() if "ERROR" in line]
+    assert not errors, errors[:5]
+    rage = output.split("rage clicks on", 1)[1].split("[demo] done", 1)[0].splitlines()[1:]
+    assert rage
+    assert not [row for row in rage if "None" in row.split()], rage
+    # The README's plain-DuckDB rage-click query runs verbatim over the demo's warehouse.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    query = readme.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
+    rows = duckdb.connect().sql(query.replace("demo-output/", f"{tmp_path / 'demo'}/")).fetchall()
+    assert rows and all(browser and path for browser, path, _ in rows)
+    assert rows == sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
