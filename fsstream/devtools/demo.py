@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
+
 from fsstream.commands.load_definitions import load as load_definitions
 from fsstream.commands.produce import ViewBatch, group_batches, produce_batches, raw_event
 from fsstream.contract.topics import create_topics
@@ -131,15 +133,6 @@ DEFINITIONS: list[dict[str, Any]] = [
 
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
-
-
-def _progress(done: float, total: float, label: str) -> None:
-    width = 30
-    filled = int(width * min(done / total, 1.0)) if total else width
-    sys.stdout.write(
-        f"\r[demo] {label} [{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total)}"
-    )
-    sys.stdout.flush()
 
 
 def demo_traffic(sessions: int, seed: int, now_ms: int) -> tuple[list[ViewBatch], int, int]:
@@ -308,13 +301,18 @@ def run_demo(overrides: dict[str, Any], *, sessions: int, seed: int, workdir: Pa
         _say(f"produced {len(batches)} raw records and {bad} bad ones")
         deadline = time.monotonic() + 600
         state = (0, 0, 0, 0)
-        while time.monotonic() < deadline:
-            state = asyncio.run(_warehouse_state(settings, hours))
-            _progress(state[1], events, "live rows in the warehouse")
-            if state[1] >= events and state[3] == len(hours):
-                break
-            time.sleep(2)
-        print(flush=True)
+        with click.progressbar(
+            length=max(events, 1),
+            label="[demo] live rows in the warehouse",
+            show_pos=True,
+            file=sys.stdout,
+        ) as bar:
+            while time.monotonic() < deadline:
+                state = asyncio.run(_warehouse_state(settings, hours))
+                bar.update(state[1] - bar.pos)
+                if state[1] >= events and state[3] == len(hours):
+                    break
+                time.sleep(2)
         summary = {
             "events in": pipeline.metric("fsstream_events_in_total"),
             "rows published": pipeline.metric("fsstream_events_out_total"),

@@ -17,6 +17,7 @@ from typing import Any
 from fsstream import metrics
 from fsstream.contract import codec
 from fsstream.contract.dead_letters import DeadLetter, dead_letter, dead_letter_of
+from fsstream.contract.partitioning import partition_for
 from fsstream.contract.wire import (
     HEARTBEAT_HEADER,
     ROW_EVENT_TIME_HEADER,
@@ -26,7 +27,6 @@ from fsstream.contract.wire import (
     Headers,
     headers_of,
 )
-from fsstream.core.partitioning import partition_for
 from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
 from fsstream.core.reorder import Arrival, Emission, Reorderer, Row, Tombstone
 from fsstream.core.timefmt import format_event_time

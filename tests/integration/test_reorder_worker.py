@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 
 from fsstream.contract import codec
+from fsstream.contract.partitioning import partition_for
 from fsstream.contract.topics import create_topics
-from fsstream.core.partitioning import partition_for
 from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
 from tests.scenario import (
