@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fsstream.infra import kafka_clients
 from fsstream.infra.object_store import open_store
@@ -39,31 +38,13 @@ async def replay(
     consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5000))
     records = tombstones = 0
     try:
-        tps = await kafka_clients.assign_from_beginning(consumer, settings.topic_events)
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        total = sum(ends[tp] - starts[tp] for tp in tps)
-        remaining = {tp for tp in tps if ends[tp] > starts[tp]}
-        done = 0
-        while remaining:
-            batch: list[Any] = []
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, messages in fetched.items():
-                for m in messages:
-                    if m.offset < ends[tp]:
-                        batch.append(m)
-                        tombstones += m.value is None
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-            if batch:
-                await sink.process(batch)
-                records += len(batch)
-                done = 0
-                for tp in tps:
-                    done += min(await consumer.position(tp), ends[tp]) - starts[tp]
-                if progress is not None:
-                    progress(done, total)
+        reading = await kafka_clients.read_from_beginning(consumer, settings.topic_events)
+        async for batch in reading.batches(timeout_ms=1000):
+            tombstones += sum(record.value is None for record in batch)
+            await sink.process(batch)
+            records += len(batch)
+            if progress is not None:
+                progress(await reading.offsets_read(), reading.total)
         await sink.sync()
         for sink_partition in sink.partitions.values():
             for ledger in sink_partition.ledgers.values():

@@ -40,22 +40,13 @@ async def read_topic(
     """Every record of ``topic``; without ``follow``, stop at the end offsets seen at start."""
     consumer = await kafka_clients.start(kafka_clients.consumer(settings))
     try:
-        tps = await kafka_clients.assign_from_beginning(consumer, topic)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        reading = await kafka_clients.read_from_beginning(consumer, topic)
         seen = 0
-        while follow or remaining:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, records in batches.items():
-                for record in records:
-                    yield record
-                    seen += 1
-                    if limit is not None and seen >= limit:
-                        return
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        async for records in reading.batches(follow=follow):
+            for record in records:
+                yield record
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
     finally:
         await consumer.stop()

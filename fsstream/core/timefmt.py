@@ -54,6 +54,13 @@ def format_partition_hour(ms: int) -> str:
     return (_EPOCH + timedelta(milliseconds=hour_floor_ms(ms))).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def parse_partition_hour(text: str) -> int:
+    """The ms of the hour a warehouse partition value names, the inverse of
+    ``format_partition_hour``; ``ValueError`` if it is not ``yyyy-MM-dd HH:00:00``."""
+    moment = datetime.strptime(text, "%Y-%m-%d %H:00:00").replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
 def format_partition_second(ms: int) -> str:
     """``yyyy-MM-dd HH:mm:ss``: the definition exports' partition value."""
     return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%S")

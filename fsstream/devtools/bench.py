@@ -212,18 +212,16 @@ async def live_latency(settings: Settings, rate: int, seconds: int) -> list[floa
     delays: list[float] = []
     consumer = await kafka_clients.start(kafka_clients.consumer(settings, max_poll_records=5_000))
     try:
-        tps = await kafka_clients.assign_from_beginning(consumer, settings.topic_events)
-        ends = await consumer.end_offsets(tps)
+        reading = await kafka_clients.read_from_beginning(consumer, settings.topic_events)
         seen: set[bytes] = set()
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=1_000)).values():
-                for record in records:
-                    if record.value is None or record.key in seen:
-                        continue
-                    seen.add(record.key)
-                    ingested = codec.decode(record.value, codec.EVENT)["ingested_time"]
-                    if ingested >= started_ms:
-                        delays.append((record.timestamp - ingested) / 1000)
+        async for records in reading.batches(timeout_ms=1_000):
+            for record in records:
+                if record.value is None or record.key in seen:
+                    continue
+                seen.add(record.key)
+                ingested = codec.decode(record.value, codec.EVENT)["ingested_time"]
+                if ingested >= started_ms:
+                    delays.append((record.timestamp - ingested) / 1000)
     finally:
         await consumer.stop()
     return delays

@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fsstream.core.layout import events_prefix, hour_prefix, org_prefix
-from fsstream.core.timefmt import format_event_time, hour_floor_ms
+from fsstream.core.timefmt import format_event_time, hour_floor_ms, parse_partition_hour
 from fsstream.export.config import DAY_MS, HOUR_MS, ExportConfig, Period, periods_covering
 from fsstream.export.mapping import (
     CONSOLE_EVENT_TYPES,
@@ -271,9 +271,7 @@ async def _first_warehouse_hour(store: ObjectStore, org_id: str) -> int | None:
     prefix = f"{events_prefix(org_id)}ingested_time="
     for info in await store.list(prefix):
         if info.key.endswith(".parquet"):
-            stamp = info.key[len(prefix) : len(prefix) + 19]
-            moment = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-            return int(moment.timestamp()) * 1000
+            return parse_partition_hour(info.key[len(prefix) : len(prefix) + 19])
     return None
 
 

@@ -28,7 +28,10 @@ Rules where the Data Export reference leaves room:
   navigations.
 - ``EventTargetSelectorTok`` is the raw selector in Data Export's token form: one
   space-separated token per tag, ``#id``, ``.class`` and ``=attr=value``, with every
-  character other than ASCII letters and digits percent-encoded (``.my%2Dclass``).
+  character other than ASCII letters and digits percent-encoded (``.my%2Dclass``). The
+  raw selector is read as enrichment reads it (``fsstream.core.enrich.paths``), its own
+  escapes decoded first; one that is not a selector path has no token form, and the
+  field is omitted.
 - The page of an event is its view. ``PageDuration`` and ``PageActiveDuration`` are
   whole-page figures supplied by the bundle builder, as are the ``PageNum*`` running
   totals; ``PageBrowser`` is ``Mobile App`` and ``PageDevice`` ``Mobile`` for events of
@@ -49,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from fsstream.core.enrich.paths import PathTooLong, read_path
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
 
 FIELDS = (
@@ -330,92 +334,40 @@ def page_source_fields(
     return tuple(fields)
 
 
-_SELECTOR_NAME_END = "#.[:>"
-
-
 @lru_cache(maxsize=16_384)
-def selector_tokens(raw_selector: str) -> str:
-    """A raw selector in Data Export's ``EventTargetSelectorTok`` form.
+def selector_tokens(raw_selector: str) -> str | None:
+    """A raw selector in Data Export's ``EventTargetSelectorTok`` form; None when it is
+    not a selector path, as the core reads paths, or is too long or deep to read.
 
     ``body > div#app > button.btn-primary[type=submit]`` becomes
     ``body div #app button .btn%2Dprimary =type=submit``.
     """
+    try:
+        compounds = read_path(raw_selector)
+    except PathTooLong:
+        return None
+    if compounds is None:
+        return None
     tokens: list[str] = []
-    text = raw_selector
-    pos, end = 0, len(text)
-    while pos < end:
-        char = text[pos]
-        if char in " \t\n>+~":
-            pos += 1
-        elif char == "[":
-            close = _attribute_end(text, pos)
-            tokens.append(_attribute_token(text[pos + 1 : close]))
-            pos = close + 1
-        else:
-            stop = pos + 1
-            while stop < end and text[stop] not in _SELECTOR_NAME_END and not text[stop].isspace():
-                stop += 1
-            if char in "#.:":
-                tokens.append(char + _encode(_decode(text[pos + 1 : stop])))
+    for tag, parts in compounds:
+        if tag:
+            tokens.append(_encode(tag))
+        for sigil, name, value in parts:
+            if sigil != "[":
+                tokens.append(sigil + _encode(name))
+            elif value is None:
+                tokens.append("=" + _encode(name.strip()))
             else:
-                tokens.append(_encode(_decode(text[pos:stop])))
-            pos = stop
+                tokens.append(f"={_encode(name.strip())}={_encode(value)}")
     return " ".join(tokens)
 
 
-def _attribute_end(text: str, start: int) -> int:
-    """The index of the ``]`` closing the attribute selector opened at ``start``."""
-    quote = ""
-    pos = start + 1
-    while pos < len(text):
-        char = text[pos]
-        if quote:
-            if char == "\\":
-                pos += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "]":
-            return pos
-        pos += 1
-    return len(text)
-
-
-_ATTRIBUTE = re.compile(r"\s*([^\s~|^$*=]+)\s*(?:[~|^$*]?=\s*(.*?))?\s*(?:\s[iIsS])?\s*")
-
-
-def _attribute_token(body: str) -> str:
-    match = _ATTRIBUTE.fullmatch(body)
-    if match is None:
-        return "=" + _encode(body)
-    name, value = match.groups()
-    if value is None:
-        return "=" + _encode(name)
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    else:
-        value = _decode(value)
-    return f"={_encode(name)}={_encode(value)}"
-
-
 _NOT_ALPHANUMERIC = re.compile(r"[^A-Za-z0-9]")
-_PERCENT_ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 
 
 def _encode(text: str) -> str:
     return _NOT_ALPHANUMERIC.sub(
         lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), text
-    )
-
-
-def _decode(text: str) -> str:
-    """Undo a raw selector's own percent escapes, so they are not encoded twice."""
-    if "%" not in text:
-        return text
-    return _PERCENT_ESCAPE.sub(
-        lambda match: bytes.fromhex(match.group().replace("%", "")).decode(errors="replace"),
-        text,
     )
 
 

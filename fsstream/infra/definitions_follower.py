@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from fsstream import metrics
 from fsstream.contract import codec
@@ -74,32 +74,21 @@ class DefinitionsFollower:
             kafka_clients.consumer(self.settings, client_id=f"{self.settings.app_id}-definitions")
         )
         try:
-            partitions = None
-            while not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
+            while True:
+                try:
+                    reading = await kafka_clients.read_from_beginning(consumer, topic)
+                    break
+                except LookupError:
                     log.warning("definitions topic %s not found; waiting for it", topic)
                     await asyncio.sleep(2.0)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            behind = {tp for tp in tps if ends[tp] > 0}
-            if not behind:
-                self.caught_up.set()
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        self.apply(record)
-                if behind:
-                    for tp in list(behind):
-                        if await consumer.position(tp) >= ends[tp]:
-                            behind.discard(tp)
-                    if not behind:
-                        log.info("definitions caught up: %s", self.catalog.high_water_ms)
-                        self.caught_up.set()
+            async for records in reading.batches():
+                for record in records:
+                    self.apply(record)
+            log.info("definitions caught up: %s", self.catalog.high_water_ms)
+            self.caught_up.set()
+            async for records in reading.batches(follow=True):
+                for record in records:
+                    self.apply(record)
         finally:
             await consumer.stop()
 

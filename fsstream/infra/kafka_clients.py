@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 
@@ -100,6 +101,76 @@ async def assign_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> list[
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return tps
+
+
+class TopicReading:
+    """A topic read from the beginning up to the end offsets seen when reading began.
+
+    ``batches`` gives every record below those offsets exactly once, each partition's
+    in offset order, and none past them, then leaves the consumer positioned at them:
+    reading on from there (following the topic) misses and repeats nothing.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        starts: dict[TopicPartition, int],
+        ends: dict[TopicPartition, int],
+    ) -> None:
+        self.consumer = consumer
+        self.partitions = partitions
+        self.starts = starts
+        self.ends = ends
+        self._remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
+
+    @property
+    def total(self) -> int:
+        """Offsets from the beginning to the end: records, and the gaps compaction and
+        transaction markers leave."""
+        return sum(self.ends[tp] - self.starts[tp] for tp in self.partitions)
+
+    async def offsets_read(self) -> int:
+        """How many of ``total`` are behind the consumer."""
+        read = 0
+        for tp in self.partitions:
+            read += min(await self.consumer.position(tp), self.ends[tp]) - self.starts[tp]
+        return read
+
+    async def batches(
+        self, *, follow: bool = False, timeout_ms: int = 500
+    ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+        """Records to the end, a fetch at a time; with ``follow``, then every record
+        that arrives after it, until the caller stops."""
+        consumer = self.consumer
+        ends = self.ends
+        remaining = self._remaining
+        while remaining:
+            batch: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=timeout_ms)).items():
+                if records and records[-1].offset >= ends[tp]:
+                    records = [record for record in records if record.offset < ends[tp]]
+                    consumer.seek(tp, ends[tp])
+                batch.extend(records)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            if batch:
+                yield batch
+        while follow:
+            fetched = await consumer.getmany(timeout_ms=timeout_ms)
+            batch = [record for records in fetched.values() for record in records]
+            if batch:
+                yield batch
+
+
+async def read_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> TopicReading:
+    """Every partition of ``topic`` assigned to a group-less consumer from the beginning,
+    to be read up to its end offsets as they are now."""
+    partitions = await assign_from_beginning(consumer, topic)
+    starts = await consumer.beginning_offsets(partitions)
+    ends = await consumer.end_offsets(partitions)
+    return TopicReading(consumer, partitions, starts, ends)
 
 
 def admin(settings: Settings) -> AIOKafkaAdminClient:

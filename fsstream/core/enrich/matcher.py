@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fsstream.core.enrich.definitions import Definition
 from fsstream.core.enrich.events import EventRule, PropertyPredicate
@@ -40,6 +40,29 @@ EVENT_DEFINITION_ID = "event_definition_id"
 ADDITIONAL_EVENT_DEFINITION_IDS = "additional_event_definition_ids"
 
 _MISS: Any = object()
+_Result = TypeVar("_Result")
+
+
+class _Recent(OrderedDict[str, _Result]):
+    """Results for the last ``size`` keys looked up, the least recently used forgotten
+    first."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def recall(self, key: str) -> _Result:
+        """The result remembered for ``key``, now the most recent; ``_MISS`` if none."""
+        hit = self.get(key, _MISS)
+        if hit is not _MISS:
+            self.move_to_end(key)
+        return hit
+
+    def remember(self, key: str, result: _Result) -> _Result:
+        self[key] = result
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return result
 
 
 class Tally:
@@ -72,7 +95,6 @@ class ElementMatcher:
         "_by_id",
         "_by_tag",
         "_cache",
-        "_cache_size",
         "_ids",
         "_max_chars",
         "_max_elements",
@@ -109,8 +131,7 @@ class ElementMatcher:
                     self._by_tag.setdefault(target.tag, []).append(entry)
                 else:
                     self._universal.append(entry)
-        self._cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: _Recent[tuple[str, ...]] = _Recent(cache_size)
 
     def __bool__(self) -> bool:
         """Whether any element definition is active."""
@@ -122,16 +143,10 @@ class ElementMatcher:
             return ()
         if len(raw_selector) > CACHED_SELECTOR_CHARS:
             return self._match(raw_selector)
-        cache = self._cache
-        hit = cache.get(raw_selector)
-        if hit is not None:
-            cache.move_to_end(raw_selector)
-            return hit
-        result = self._match(raw_selector)
-        cache[raw_selector] = result
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return result
+        hit = self._cache.recall(raw_selector)
+        if hit is _MISS:
+            hit = self._cache.remember(raw_selector, self._match(raw_selector))
+        return hit
 
     def _match(self, raw_selector: str) -> tuple[str, ...]:
         try:
@@ -173,7 +188,7 @@ class ElementMatcher:
 class PageMatcher:
     """Active page definitions, most literal first; a URL gets the first that matches."""
 
-    __slots__ = ("_cache", "_cache_size", "_patterns")
+    __slots__ = ("_cache", "_patterns")
 
     def __init__(
         self, definitions: Sequence[Definition], cache_size: int = PAGE_CACHE_SIZE
@@ -188,8 +203,7 @@ class PageMatcher:
         self._patterns = tuple(
             (cast(PagePattern, d.compiled), d.id) for d in sorted(definitions, key=rank)
         )
-        self._cache: OrderedDict[str, str | None] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: _Recent[str | None] = _Recent(cache_size)
 
     def __bool__(self) -> bool:
         """Whether any page definition is active."""
@@ -205,16 +219,10 @@ class PageMatcher:
         key = url.get("full_url")
         if not isinstance(key, str):
             return self._match(url)
-        cache = self._cache
-        hit = cache.get(key, _MISS)
-        if hit is not _MISS:
-            cache.move_to_end(key)
-            return hit
-        result = self._match(url)
-        cache[key] = result
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return result
+        hit = self._cache.recall(key)
+        if hit is _MISS:
+            hit = self._cache.remember(key, self._match(url))
+        return hit
 
     def _match(self, url: Mapping[str, Any]) -> str | None:
         parts = url_parts(url)

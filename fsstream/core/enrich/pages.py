@@ -34,7 +34,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
 
-from fsstream.core.enrich.errors import DefinitionError
+from fsstream.core.enrich.errors import DefinitionError, rule_text
 
 
 class Wildcard(Enum):
@@ -115,12 +115,7 @@ class PagePattern:
 
 def parse_page_pattern(text: str) -> PagePattern:
     """Parse and normalize a page pattern, refusing what the grammar does not allow."""
-    if not isinstance(text, str) or not text.strip():
-        raise DefinitionError("url pattern must be a non-empty string")
-    if len(text) > MAX_PATTERN_CHARS:
-        raise DefinitionError(
-            f"url pattern of {len(text)} characters is longer than the {MAX_PATTERN_CHARS} allowed"
-        )
+    text = rule_text(text, "url pattern", MAX_PATTERN_CHARS)
     if any(c.isspace() for c in text):
         raise DefinitionError(f"url pattern {text!r}: whitespace is not allowed")
     rest = _SCHEME.sub("", text, count=1)

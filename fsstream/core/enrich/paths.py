@@ -35,6 +35,29 @@ class PathTooLong(ValueError):
     """A raw selector longer or deeper than a path is read."""
 
 
+PathPart = tuple[str, str, str | None]
+"""One part of a compound as written, in path order: ``("#", id, None)``,
+``(".", class, None)`` or ``("[", name, value)``, tokens and values decoded, the
+attribute name as written and the value None for a bare ``[attr]``."""
+
+PathCompound = tuple[str, list[PathPart]]
+"""One compound of a raw selector as written: its tag (maybe empty) and its parts."""
+
+
+def read_path(
+    raw_selector: str,
+    *,
+    max_chars: int = MAX_PATH_CHARS,
+    max_elements: int = MAX_PATH_ELEMENTS,
+) -> list[PathCompound] | None:
+    """The compounds of a raw selector as written, root first; None if it is not a
+    selector path. The one reading of the format, for matching and for export alike.
+    Raises PathTooLong past the bounds."""
+    if len(raw_selector) > max_chars:
+        raise PathTooLong(f"raw selector of {len(raw_selector)} characters (limit {max_chars})")
+    return _Scanner(raw_selector).compounds(max_elements)
+
+
 def parse_path(
     raw_selector: str,
     *,
@@ -47,9 +70,28 @@ def parse_path(
     ``id`` attributes are derived from its tokens unless the path lists them, so
     ``[class~=btn]`` works as in a document. Raises PathTooLong past the bounds.
     """
-    if len(raw_selector) > max_chars:
-        raise PathTooLong(f"raw selector of {len(raw_selector)} characters (limit {max_chars})")
-    return _Scanner(raw_selector).path(max_elements)
+    compounds = read_path(raw_selector, max_chars=max_chars, max_elements=max_elements)
+    if compounds is None:
+        return None
+    return tuple(_element(tag, parts) for tag, parts in compounds)
+
+
+def _element(tag: str, parts: list[PathPart]) -> PathElement:
+    element_id: str | None = None
+    classes: list[str] = []
+    attributes: dict[str, str] = {}
+    for sigil, name, value in parts:
+        if sigil == "#":
+            element_id = name
+        elif sigil == ".":
+            classes.append(name)
+        else:
+            attributes[name.strip().lower()] = value or ""
+    if classes and "class" not in attributes:
+        attributes["class"] = " ".join(classes)
+    if element_id is not None and "id" not in attributes:
+        attributes["id"] = element_id
+    return PathElement(tag.lower(), element_id, frozenset(classes), attributes)
 
 
 def decode_token(token: str) -> str:
@@ -112,11 +154,11 @@ class _Scanner:
         self._ok: list[bool] = []
         self._close: dict[str, list[int]] = {}
 
-    def path(self, max_elements: int) -> tuple[PathElement, ...] | None:
+    def compounds(self, max_elements: int) -> list[PathCompound] | None:
         text = self.text
         n = self.n
         marks = text.translate(_STOP_MARKS)
-        elements: list[PathElement] = []
+        compounds: list[PathCompound] = []
         pos = 0
         while True:
             while pos < n and text[pos].isspace():
@@ -126,10 +168,7 @@ class _Scanner:
             if pos < 0:
                 pos = n
             tag = text[start:pos]
-            has_parts = False
-            element_id: str | None = None
-            classes: list[str] = []
-            attributes: dict[str, str] = {}
+            parts: list[PathPart] = []
             while pos < n:
                 c = text[pos]
                 if c == "#" or c == ".":
@@ -138,40 +177,32 @@ class _Scanner:
                         end = n
                     if end == pos + 1:
                         return None
-                    token = decode_token(text[pos + 1 : end])
-                    if c == "#":
-                        element_id = token
-                    else:
-                        classes.append(token)
+                    parts.append((c, decode_token(text[pos + 1 : end]), None))
                 elif c == "[":
-                    part = self._attribute(pos)
-                    if part is None:
+                    attribute = self._attribute(pos)
+                    if attribute is None:
                         return None
-                    name, value, end = part
-                    attributes[name.strip().lower()] = value
+                    name, value, end = attribute
+                    parts.append(("[", name, value))
                 else:
                     break
-                has_parts = True
                 pos = end
             while pos < n and text[pos].isspace():
                 pos += 1
             if pos < n and text[pos] != ">":
                 return None
-            if not tag and not has_parts:
+            if not tag and not parts:
                 return None
-            if classes and "class" not in attributes:
-                attributes["class"] = " ".join(classes)
-            if element_id is not None and "id" not in attributes:
-                attributes["id"] = element_id
-            elements.append(PathElement(tag.lower(), element_id, frozenset(classes), attributes))
+            compounds.append((tag, parts))
             if pos == n:
-                return tuple(elements)
-            if len(elements) >= max_elements:
+                return compounds
+            if len(compounds) >= max_elements:
                 raise PathTooLong(f"raw selector deeper than {max_elements} elements")
             pos += 1
 
-    def _attribute(self, pos: int) -> tuple[str, str, int] | None:
-        """(name, decoded value, end) of the attribute part at ``pos``; None if none."""
+    def _attribute(self, pos: int) -> tuple[str, str | None, int] | None:
+        """(name, decoded value, end) of the attribute part at ``pos``, the value None
+        for a bare ``[attr]``; None if there is no attribute part there."""
         text = self.text
         n = self.n
         stop = pos + 1
@@ -182,7 +213,7 @@ class _Scanner:
         name = text[pos + 1 : stop]
         c = text[stop]
         if c == "]":
-            return name, "", stop + 1
+            return name, None, stop + 1
         if c != "=":
             return None
         start = stop + 1

@@ -27,7 +27,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from fsstream.core.enrich.errors import DefinitionError
+from fsstream.core.enrich.errors import DefinitionError, rule_text
 from fsstream.core.enrich.paths import PathElement, decode_token
 
 Specificity = tuple[int, int, int]
@@ -139,12 +139,7 @@ class ElementSelector:
 
 def compile_selector(text: str) -> ElementSelector:
     """Parse a definition's selector, refusing what one element path cannot decide."""
-    if not isinstance(text, str) or not text.strip():
-        raise DefinitionError("selector must be a non-empty string")
-    if len(text) > MAX_SELECTOR_CHARS:
-        raise DefinitionError(
-            f"selector of {len(text)} characters is longer than the {MAX_SELECTOR_CHARS} allowed"
-        )
+    text = rule_text(text, "selector", MAX_SELECTOR_CHARS)
     return ElementSelector(text, _SelectorParser(text).parse())
 
 

@@ -47,3 +47,21 @@ def test_event_time_format_matches_datetime(us: int) -> None:
     assert timefmt.is_canonical_event_time(expected)
     assert timefmt.parse_rfc3339_us(expected) == us
     assert not timefmt.is_canonical_event_time(expected[:-1] + "+00:00")
+
+
+def test_partition_hours_read_back_as_the_hours_they_were_written_for() -> None:
+    first = 1704067200000 - 40 * 24 * timefmt.MS_PER_HOUR
+    for hour in range(first, first + 3 * 366 * 24 * timefmt.MS_PER_HOUR, 7 * timefmt.MS_PER_HOUR):
+        text = timefmt.format_partition_hour(hour + 1_234_567)
+        assert timefmt.parse_partition_hour(text) == hour
+        assert timefmt.format_partition_hour(timefmt.parse_partition_hour(text)) == text
+    assert timefmt.parse_partition_hour("1970-01-01 00:00:00") == 0
+    assert timefmt.parse_partition_hour("2024-02-29 23:00:00") == 1709247600000
+
+
+@pytest.mark.parametrize(
+    "text", ["", "2024-01-01", "2024-01-01 05:30:00", "2024-01-01 05:00:01", "2024-01-01T05:00:00"]
+)
+def test_a_partition_hour_is_a_whole_hour_or_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        timefmt.parse_partition_hour(text)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+import pytest
 
 from fsstream.export.mapping import (
     FIELDS,
@@ -289,3 +291,51 @@ def test_selector_tokens_encode_everything_but_letters_and_digits() -> None:
     # The raw selector's own escapes are decoded first, so they are not encoded twice.
     assert selector_tokens("div.w-1%2F2 > input[disabled]") == "div .w%2D1%2F2 input =disabled"
     assert selector_tokens("UIWindow > UIButton#pay") == "UIWindow UIButton #pay"
+
+
+# Realistic raw selectors and their token form, as the export has always written them.
+SELECTOR_TOKENS = [
+    (
+        "body > div#app > main > div.product-grid > div.card > button.add-to-cart",
+        "body div #app main div .product%2Dgrid div .card button .add%2Dto%2Dcart",
+    ),
+    (
+        "html > body > div#root > ul.nav > li.nav-item.active > a[href='/pricing'][data-track]",
+        "html body div #root ul .nav li .nav%2Ditem .active a =href=%2Fpricing =data%2Dtrack",
+    ),
+    (
+        'body > div.modal[aria-hidden="false"] > button[title="Close \\"x\\""]',
+        "body div .modal =aria%2Dhidden=false button =title=Close%20%22x%22",
+    ),
+    (
+        "html > body > div.sm%3Aflex.w-1%2F2 > span#caf%C3%A9",
+        "html body div .sm%3Aflex .w%2D1%2F2 span #caf%C3%A9",
+    ),
+    (
+        "UIApplication > UIWindow > UITabBar > UIButton#checkout_button",
+        "UIApplication UIWindow UITabBar UIButton #checkout%5Fbutton",
+    ),
+    ("my-widget > svg > path[d=M0%200h24v24H0z]", "my%2Dwidget svg path =d=M0%200h24v24H0z"),
+    ("body>div>[role=dialog]>button", "body div =role=dialog button"),
+    ("div > input[value=]", "div input =value="),
+]
+
+
+@pytest.mark.parametrize(("raw", "tokens"), SELECTOR_TOKENS)
+def test_realistic_selectors_keep_their_token_form(raw: str, tokens: str) -> None:
+    assert selector_tokens(raw) == tokens
+
+
+@pytest.mark.parametrize("raw", ["div span", "ul > li + li", "body > div.", "a[b", "a > > b"])
+def test_a_raw_selector_that_is_not_a_path_has_no_token_form(raw: str) -> None:
+    assert selector_tokens(raw) is None
+    assert "EventTargetSelectorTok" not in export_event(row("click", target(selector=raw)))
+
+
+def test_a_hostile_selector_is_tokenised_in_linear_time_and_a_huge_one_not_at_all() -> None:
+    hostile = "a" + '[b=""]' * 8_000 + "!"
+    started = time.perf_counter()
+    assert selector_tokens(hostile) is None
+    assert selector_tokens(hostile[:-1]) is not None
+    assert time.perf_counter() - started < 1.0
+    assert selector_tokens(" > ".join(["div"] * 2_000)) is None
