@@ -136,8 +136,9 @@ def produce(
 ) -> None:
     """Produce NDJSON events (file or stdin) to the raw topic, batched per view.
 
-    Each event is checked as the reorder worker checks it; events it would refuse are
-    reported by reason and not sent (unless --send-refused), and the exit status is 1.
+    Each event is checked as the reorder worker checks it, and against the raw topic's
+    retention; refused events are reported by reason and not sent (unless
+    --send-refused), and the exit status is 1.
     """
     from fsstream.commands.produce import (
         NdjsonError,
@@ -156,7 +157,12 @@ def produce(
         events = parse_ndjson(source, ingested_time if ingested_time is not None else now_ms())
     except NdjsonError as exc:
         raise click.ClickException(f"nothing produced; malformed input:\n{exc}") from exc
-    screened = screen(events, raw_limits(settings), settings.max_record_bytes)
+    screened = screen(
+        events,
+        raw_limits(settings),
+        settings.max_record_bytes,
+        oldest_kept_ms=now_ms() - int(settings.raw_retention_s * 1000),
+    )
     batches = within(
         group_batches(events if send_refused else screened.accepted, batch_size),
         settings.max_record_bytes,

@@ -150,12 +150,21 @@ def parse_ndjson(
     return parsed
 
 
+class PastRawRetention(InvalidRecord):
+    """The record's timestamp (its ingested_time) is older than the raw topic keeps records:
+    the broker would delete it, perhaps before any worker reads it."""
+
+
 HINTS = {
     "AbsurdEventTime": "an event's time is compared with its record's timestamp, which is"
     " the batch's ingested_time (the line's, else --ingested-time, else now): raise"
     " FSSTREAM_MAX_EVENT_AGE_S (now {max_event_age_s:.0f} s) for older events, e.g. to load"
     " history (README: Loading history), or FSSTREAM_MAX_CLOCK_SKEW_S"
     " (now {max_clock_skew_s:.0f} s) for events ahead of it",
+    "PastRawRetention": "the broker deletes raw records older than the raw topic's"
+    " retention, measured from their timestamp (the batch's ingested_time): raise"
+    " FSSTREAM_RAW_RETENTION_S (now {raw_retention_s:.0f} s) past the oldest ingested_time,"
+    " and the topic's retention.ms if it exists already (README: Loading history)",
     "OversizedRecord": "one event alone is larger than FSSTREAM_MAX_RECORD_BYTES"
     " (now {max_record_bytes} bytes)",
 }
@@ -175,14 +184,24 @@ class Screened:
 
 
 def screen(
-    events: Iterable[ParsedEvent], limits: Limits, max_record_bytes: int, max_examples: int = 5
+    events: Iterable[ParsedEvent],
+    limits: Limits,
+    max_record_bytes: int,
+    oldest_kept_ms: int | None = None,
+    max_examples: int = 5,
 ) -> Screened:
-    """Check each event as the reorder worker checks a record holding it."""
+    """Check each event as the reorder worker checks a record holding it, and (from
+    ``oldest_kept_ms`` on) that the raw topic keeps the record."""
     screened = Screened()
     for number, event in enumerate(events, start=1):
         key, ingested, record = event
         batch = ViewBatch(key, ingested, [record])
         try:
+            if oldest_kept_ms is not None and ingested < oldest_kept_ms:
+                raise PastRawRetention(
+                    f"ingested_time {ingested} is {(oldest_kept_ms - ingested) / 1000:.0f}s"
+                    " older than the raw topic keeps records"
+                )
             check_batch({"ingested_time": ingested, "events": batch.events}, key, ingested, limits)
             size = len(batch.encode())
             if size > max_record_bytes:
@@ -206,13 +225,12 @@ def refusal_report(screened: Screened, settings: Settings, sent_anyway: bool) ->
     count = len(screened.refused)
     by_reason = ", ".join(f"{n} {reason}" for reason, n in screened.reasons.most_common())
     fate = (
-        f"sent anyway (--send-refused): the reorder worker sends them to {settings.topic_dlq}"
+        "sent anyway (--send-refused): the reorder worker sends them to"
+        f" {settings.topic_dlq}, if the broker keeps them"
         if sent_anyway
         else "not sent (--send-refused sends them, to the DLQ)"
     )
-    lines = [
-        f"refused {count} events the reorder worker would send to the DLQ ({by_reason}); {fate}"
-    ]
+    lines = [f"refused {count} events ({by_reason}); {fate}"]
     lines += [f"  {example}" for example in screened.examples]
     if count > len(screened.examples):
         lines.append(f"  ... and {count - len(screened.examples)} more")
@@ -220,6 +238,7 @@ def refusal_report(screened: Screened, settings: Settings, sent_anyway: bool) ->
         "max_event_age_s": settings.max_event_age_s,
         "max_clock_skew_s": settings.max_clock_skew_s,
         "max_record_bytes": settings.max_record_bytes,
+        "raw_retention_s": settings.raw_retention_s,
     }
     lines += [
         f"  {reason}: {HINTS[reason].format(**values)}"

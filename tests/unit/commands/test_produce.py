@@ -143,11 +143,27 @@ def test_events_the_worker_would_refuse_are_screened_out_by_reason() -> None:
     ]
     report = refusal_report(screened, Settings(), sent_anyway=False)
     assert report.splitlines()[0] == (
-        "refused 3 events the reorder worker would send to the DLQ (3 AbsurdEventTime);"
-        " not sent (--send-refused sends them, to the DLQ)"
+        "refused 3 events (3 AbsurdEventTime); not sent (--send-refused sends them, to the DLQ)"
     )
     assert "  ... and 1 more" in report
     assert "raise FSSTREAM_MAX_EVENT_AGE_S (now 2592000 s)" in report
+
+
+def test_records_the_raw_topic_would_not_keep_are_refused() -> None:
+    lines = [
+        line(event_time=RECENT),
+        line(event_time=RECENT, ingested_time=NOW_MS - 8 * 86_400_000),
+    ]
+    events = parse_ndjson(lines, ingested_time=NOW_MS)
+    screened = screen(events, LIMITS, 1_048_576, oldest_kept_ms=NOW_MS - 7 * 86_400_000)
+    assert (screened.accepted, screened.refused) == (events[:1], events[1:])
+    assert screened.examples == [
+        "event 2 (view 1:2:3): PastRawRetention: ingested_time 1766534400000 is 86400s older"
+        " than the raw topic keeps records"
+    ]
+    report = refusal_report(screened, Settings(), sent_anyway=True)
+    assert "raise FSSTREAM_RAW_RETENTION_S (now 604800 s)" in report
+    assert "sent anyway (--send-refused)" in report
 
 
 def test_an_event_too_large_alone_is_refused_and_large_batches_are_split() -> None:
@@ -178,6 +194,7 @@ def test_the_command_sends_only_accepted_events_and_fails_on_refusals(
         return len(records), sum(len(b.events) for b in records)
 
     monkeypatch.setattr(produce_command, "produce_batches", fake_produce)
+    monkeypatch.setattr(produce_command, "now_ms", lambda: NOW_MS)
     source = b"\n".join(
         [line(event_time="2025-12-31T23:00:00Z"), line(event_time="2023-03-01T10:00:00Z")]
     )
@@ -192,9 +209,7 @@ def test_the_command_sends_only_accepted_events_and_fails_on_refusals(
         else ["2025-12-31T23:00:00Z"]
     )
     assert f"produced {len(sent)} events in 1 records" in result.output
-    assert "refused 1 events the reorder worker would send to the DLQ (1 AbsurdEventTime)" in (
-        result.output
-    )
+    assert "refused 1 events (1 AbsurdEventTime)" in result.output
     assert "FSSTREAM_MAX_EVENT_AGE_S" in result.output
 
 
@@ -204,6 +219,7 @@ def test_the_command_succeeds_when_nothing_is_refused(monkeypatch: pytest.Monkey
         return len(records), sum(len(b.events) for b in records)
 
     monkeypatch.setattr(produce_command, "produce_batches", fake_produce)
+    monkeypatch.setattr(produce_command, "now_ms", lambda: NOW_MS)
     result = CliRunner().invoke(
         main,
         ["produce", "--ingested-time", str(NOW_MS), "-"],
