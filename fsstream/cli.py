@@ -124,24 +124,57 @@ def topics_create(ctx: click.Context) -> None:
 @click.argument("source", type=click.File("rb"), default="-")
 @click.option("--batch-size", default=20, show_default=True, help="Events per raw record.")
 @click.option("--ingested-time", type=int, help="Ingested time in ms for lines without one.")
+@click.option(
+    "--send-refused",
+    is_flag=True,
+    help="Send events the reorder worker would refuse too (they go to the DLQ).",
+)
 @click.pass_context
-def produce(ctx: click.Context, source: Any, batch_size: int, ingested_time: int | None) -> None:
-    """Produce NDJSON events (file or stdin) to the raw topic, batched per view."""
+def produce(
+    ctx: click.Context,
+    source: Any,
+    batch_size: int,
+    ingested_time: int | None,
+    send_refused: bool,
+) -> None:
+    """Produce NDJSON events (file or stdin) to the raw topic, batched per view.
+
+    Each event is checked as the reorder worker checks it, and against the raw topic's
+    retention; refused events are reported by reason and not sent (unless
+    --send-refused), and the exit status is 1.
+    """
     from fsstream.commands.produce import (
         NdjsonError,
         group_batches,
         now_ms,
         parse_ndjson,
         produce_batches,
+        refusal_report,
+        screen,
+        within,
     )
+    from fsstream.reorder.agent import raw_limits
 
     settings = _settings(ctx)
     try:
         events = parse_ndjson(source, ingested_time if ingested_time is not None else now_ms())
     except NdjsonError as exc:
         raise click.ClickException(f"nothing produced; malformed input:\n{exc}") from exc
-    records, count = asyncio.run(produce_batches(settings, group_batches(events, batch_size)))
+    screened = screen(
+        events,
+        raw_limits(settings),
+        settings.max_record_bytes,
+        oldest_kept_ms=now_ms() - int(settings.raw_retention_s * 1000),
+    )
+    batches = within(
+        group_batches(events if send_refused else screened.accepted, batch_size),
+        settings.max_record_bytes,
+    )
+    records, count = asyncio.run(produce_batches(settings, batches))
     click.echo(f"produced {count} events in {records} records to {settings.topic_raw}", err=True)
+    if screened.refused:
+        click.echo(refusal_report(screened, settings, sent_anyway=send_refused), err=True)
+        ctx.exit(1)
 
 
 @main.command()

@@ -1,9 +1,15 @@
-"""NDJSON events in the base event model → ``RawEventBatch`` records on the raw topic."""
+"""NDJSON events in the base event model → ``RawEventBatch`` records on the raw topic.
+
+Each event is checked first exactly as the reorder worker checks it (``check_batch`` with
+the worker's limits), so events the worker would send to the DLQ are reported, and not
+sent unless asked, instead of vanishing behind a successful run.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +19,13 @@ import orjson
 from fsstream.contract import codec
 from fsstream.contract.wire import VIEW_HEADER
 from fsstream.core.models import view_key
+from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, check_batch
 from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
+
+ParsedEvent = tuple[str, int, dict[str, Any]]
+"""(view key, ingested ms, RawEvent record) of one input line."""
 
 
 class NdjsonError(ValueError):
@@ -57,6 +67,17 @@ def _properties(obj: dict[str, Any], name: str) -> str:
     return orjson.dumps(value).decode()
 
 
+def _source_event_id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("source_event_id")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a sequence number
+    if isinstance(value, str) and value:
+        return value
+    raise ValueError(f"source_event_id must be a non-empty string or an integer, got {value!r}")
+
+
 def _ingested_time(obj: dict[str, Any], default: int) -> int:
     value = obj.get("ingested_time")
     if value is None:
@@ -68,7 +89,7 @@ def _ingested_time(obj: dict[str, Any], default: int) -> int:
     raise ValueError(f"ingested_time must be ms since the epoch or RFC 3339, got {value!r}")
 
 
-def raw_event(obj: Any, ingested_default: int) -> tuple[str, int, dict[str, Any]]:
+def raw_event(obj: Any, ingested_default: int) -> ParsedEvent:
     """(view key, ingested ms, RawEvent record) of one parsed line; ``ValueError`` if invalid."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -96,15 +117,16 @@ def raw_event(obj: Any, ingested_default: int) -> tuple[str, int, dict[str, Any]
         "event_properties": _properties(obj, "event_properties"),
         "source_type": source_type,
         "source_properties": _properties(obj, "source_properties"),
+        "source_event_id": _source_event_id(obj),
     }
     return view_key(device_id, session_id, view_id), _ingested_time(obj, ingested_default), record
 
 
 def parse_ndjson(
     lines: Iterable[bytes | str], ingested_time: int, max_problems: int = 20
-) -> list[tuple[str, int, dict[str, Any]]]:
+) -> list[ParsedEvent]:
     """Parse every line; raise ``NdjsonError`` naming each malformed line."""
-    parsed: list[tuple[str, int, dict[str, Any]]] = []
+    parsed: list[ParsedEvent] = []
     problems: list[str] = []
     total = 0
     for number, line in enumerate(lines, start=1):
@@ -128,9 +150,122 @@ def parse_ndjson(
     return parsed
 
 
-def group_batches(
-    events: Iterable[tuple[str, int, dict[str, Any]]], batch_size: int
-) -> Iterator[ViewBatch]:
+class PastRawRetention(InvalidRecord):
+    """The record's timestamp (its ingested_time) is older than the raw topic keeps records:
+    the broker would delete it, perhaps before any worker reads it."""
+
+
+HINTS = {
+    "AbsurdEventTime": "an event's time is compared with its record's timestamp, which is"
+    " the batch's ingested_time (the line's, else --ingested-time, else now): raise"
+    " FSSTREAM_MAX_EVENT_AGE_S (now {max_event_age_s:.0f} s) for older events, e.g. to load"
+    " history (README: Loading history), or FSSTREAM_MAX_CLOCK_SKEW_S"
+    " (now {max_clock_skew_s:.0f} s) for events ahead of it",
+    "PastRawRetention": "the broker deletes raw records older than the raw topic's"
+    " retention, measured from their timestamp (the batch's ingested_time): raise"
+    " FSSTREAM_RAW_RETENTION_S (now {raw_retention_s:.0f} s) past the oldest ingested_time,"
+    " and the topic's retention.ms if it exists already (README: Loading history)",
+    "OversizedRecord": "one event alone is larger than FSSTREAM_MAX_RECORD_BYTES"
+    " (now {max_record_bytes} bytes)",
+}
+"""What to change for a refusal reason; formatted with the settings."""
+
+
+@dataclass(slots=True)
+class Screened:
+    """Input events split into those the reorder worker accepts and those it would refuse."""
+
+    accepted: list[ParsedEvent] = field(default_factory=list)
+    refused: list[ParsedEvent] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Refused events per reason (the ``InvalidRecord`` class name, as in the DLQ)."""
+    examples: list[str] = field(default_factory=list)
+    """The first refusals: event number (1-based, in input order), view, reason."""
+
+
+def screen(
+    events: Iterable[ParsedEvent],
+    limits: Limits,
+    max_record_bytes: int,
+    oldest_kept_ms: int | None = None,
+    max_examples: int = 5,
+) -> Screened:
+    """Check each event as the reorder worker checks a record holding it, and (from
+    ``oldest_kept_ms`` on) that the raw topic keeps the record."""
+    screened = Screened()
+    for number, event in enumerate(events, start=1):
+        key, ingested, record = event
+        batch = ViewBatch(key, ingested, [record])
+        try:
+            if oldest_kept_ms is not None and ingested < oldest_kept_ms:
+                raise PastRawRetention(
+                    f"ingested_time {ingested} is {(oldest_kept_ms - ingested) / 1000:.0f}s"
+                    " older than the raw topic keeps records"
+                )
+            check_batch({"ingested_time": ingested, "events": batch.events}, key, ingested, limits)
+            size = len(batch.encode())
+            if size > max_record_bytes:
+                raise OversizedRecord(
+                    f"{size} bytes, more than the {max_record_bytes} allowed, for this event alone"
+                )
+        except InvalidRecord as exc:
+            reason = type(exc).__name__
+            screened.refused.append(event)
+            screened.reasons[reason] += 1
+            if len(screened.examples) < max_examples:
+                detail = str(exc).removeprefix("event 0: ")
+                screened.examples.append(f"event {number} (view {key}): {reason}: {detail}")
+            continue
+        screened.accepted.append(event)
+    return screened
+
+
+def refusal_report(screened: Screened, settings: Settings, sent_anyway: bool) -> str:
+    """The lines that tell an operator what was refused, why, and what to change."""
+    count = len(screened.refused)
+    by_reason = ", ".join(f"{n} {reason}" for reason, n in screened.reasons.most_common())
+    fate = (
+        "sent anyway (--send-refused): the reorder worker sends them to"
+        f" {settings.topic_dlq}, if the broker keeps them"
+        if sent_anyway
+        else "not sent (--send-refused sends them, to the DLQ)"
+    )
+    lines = [f"refused {count} events ({by_reason}); {fate}"]
+    lines += [f"  {example}" for example in screened.examples]
+    if count > len(screened.examples):
+        lines.append(f"  ... and {count - len(screened.examples)} more")
+    values = {
+        "max_event_age_s": settings.max_event_age_s,
+        "max_clock_skew_s": settings.max_clock_skew_s,
+        "max_record_bytes": settings.max_record_bytes,
+        "raw_retention_s": settings.raw_retention_s,
+    }
+    lines += [
+        f"  {reason}: {HINTS[reason].format(**values)}"
+        for reason in screened.reasons
+        if reason in HINTS
+    ]
+    return "\n".join(lines)
+
+
+def within(batches: Iterable[ViewBatch], max_record_bytes: int) -> Iterator[ViewBatch]:
+    """The batches, each one larger than ``max_record_bytes`` split in halves until it fits
+    (a single event too large is left as it is: the worker refuses it)."""
+    for batch in batches:
+        if len(batch.events) == 1 or len(batch.encode()) <= max_record_bytes:
+            yield batch
+            continue
+        half = len(batch.events) // 2
+        yield from within(
+            [
+                ViewBatch(batch.key, batch.ingested_time, batch.events[:half]),
+                ViewBatch(batch.key, batch.ingested_time, batch.events[half:]),
+            ],
+            max_record_bytes,
+        )
+
+
+def group_batches(events: Iterable[ParsedEvent], batch_size: int) -> Iterator[ViewBatch]:
     """Consecutive events of a view with one ingested time, ``batch_size`` per record.
 
     A view's batches come out in input order.

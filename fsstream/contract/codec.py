@@ -7,9 +7,10 @@ schema registry and rejects anything it does not know.
 
 Each schema file is a standalone document (a nested record is defined inline at its
 first use), and its fingerprint is that of the document alone, exactly as any Avro
-library computes it. A reader also knows *writer versions*: earlier fingerprints of
-the same schema (``LEGACY_FINGERPRINTS``) and other versions of a record added with
-``add_writer_version``, whose bodies are resolved to today's schema by Avro's rules.
+library computes it. A reader also knows *writer versions*: the earlier documents of a
+schema, kept in ``schemas/previous/`` (named by their fingerprint), other versions added
+with ``add_writer_version``, and earlier fingerprints of such a version
+(``LEGACY_FINGERPRINTS``); their bodies are resolved to today's schema by Avro's rules.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ _SCHEMA_FILES = {
     EVENT: "event.avsc",
 }
 
-LEGACY_FINGERPRINTS = {bytes.fromhex("0a396749857dd79b"): RAW_EVENT_BATCH}
+LEGACY_FINGERPRINTS = {bytes.fromhex("0a396749857dd79b"): bytes.fromhex("3fb607598001468a")}
 """Fingerprints fsstream wrote before its schemas were fingerprinted standalone (that of
-``RawEventBatch`` left ``RawEvent`` as a bare name); the bodies are the same. Read, never
-written, while raw records written with them may still exist."""
+``RawEventBatch`` left ``RawEvent`` as a bare name), each with the fingerprint of the
+version whose bodies it names. Read, never written, while raw records written with them
+may still exist."""
 
 
 class CodecError(ValueError):
@@ -145,6 +147,10 @@ class _Overlong(Exception):
     """A varint longer than the ten bytes of a 64-bit long (fastavro would read it)."""
 
 
+_Defaults = tuple[tuple[str, Any], ...]
+"""(field name, default) of the fields a reader's record has and a writer's lacks."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     """Consecutive scalar fields of a record, then optionally an array of flat records."""
@@ -152,6 +158,7 @@ class _Part:
     scalars: tuple[_Scalar, ...]
     array: str | None = None
     items: tuple[_Scalar, ...] = ()
+    item_defaults: _Defaults = ()
 
 
 _SHIFTS = range(7, 63, 7)
@@ -217,7 +224,7 @@ def _read_scalars(
     return pos
 
 
-def _read_parts(value: bytes, parts: tuple[_Part, ...]) -> dict[str, Any]:
+def _read_parts(value: bytes, parts: tuple[_Part, ...], defaults: _Defaults) -> dict[str, Any]:
     """The record in the body of ``value``; ``_Unusual`` or ``IndexError`` if not canonical."""
     data = value
     size = len(data)
@@ -243,47 +250,87 @@ def _read_parts(value: bytes, parts: tuple[_Part, ...]) -> dict[str, Any]:
             for _ in range(n >> 1):
                 item: dict[str, Any] = {}
                 pos = _read_scalars(item, data, pos, size, items)
+                if part.item_defaults:
+                    item.update(part.item_defaults)
                 out.append(item)
         record[part.array] = out
     if pos != size:
         raise _Unusual
+    if defaults:
+        record.update(defaults)
     return record
 
 
-def _flat_reader(parsed: Any) -> Callable[[bytes], dict[str, Any]] | None:
+def _flat_items(parsed: Any, field: dict[str, Any]) -> Any:
+    """The flat record an array field holds; None for any other field."""
+    kind = field["type"]
+    if not (isinstance(kind, dict) and kind.get("type") == "array"):
+        return None
+    named = parsed.get("__named_schemas", {})
+    items = named.get(kind["items"]) if isinstance(kind["items"], str) else kind["items"]
+    if not isinstance(items, dict) or items.get("type") != "record" or not items["fields"]:
+        return None
+    if any(_scalar(f) is None for f in items["fields"]):
+        return None
+    return items
+
+
+def _added_defaults(writer: Any, reader: Any) -> _Defaults | None:
+    """The defaults of the flat fields a reader's record appends to a writer's (whose
+    fields it starts with, unchanged); None when Avro's resolution does more than that."""
+    written, read = writer["fields"], reader["fields"]
+    if len(written) > len(read):
+        return None
+    for old, new in zip(written, read, strict=False):
+        if old["name"] != new["name"] or _scalar(old) != _scalar(new):
+            return None
+    added = read[len(written) :]
+    if any(_scalar(f) is None or "default" not in f for f in added):
+        return None
+    return tuple((f["name"], f["default"]) for f in added)
+
+
+def _flat_reader(parsed: Any, resolved_to: Any = None) -> Callable[[bytes], dict[str, Any]] | None:
     """A reader for records of strings, longs, their nullable unions and arrays of such
     flat records; None for others.
 
     Every raw batch is read with it, at a fraction of the general reader's per-field
-    cost; a body it does not accept is read again by fastavro.
+    cost; a body it does not accept is read again by fastavro. For a writer version
+    (``resolved_to``: today's schema) it also fills in the fields today's schema appends
+    with their defaults, as Avro's resolution does; None if resolving does more.
     """
-    named = parsed.get("__named_schemas", {})
+    defaults: _Defaults = ()
+    if resolved_to is not None:
+        found = _added_defaults(parsed, resolved_to)
+        if found is None:
+            return None
+        defaults = found
     parts: list[_Part] = []
     scalars: list[_Scalar] = []
-    for field in parsed["fields"]:
+    for position, field in enumerate(parsed["fields"]):
         scalar = _scalar(field)
         if scalar is not None:
             scalars.append(scalar)
             continue
-        kind = field["type"]
-        if not (isinstance(kind, dict) and kind.get("type") == "array"):
+        items = _flat_items(parsed, field)
+        if items is None:
             return None
-        items = named.get(kind["items"]) if isinstance(kind["items"], str) else kind["items"]
-        if not isinstance(items, dict) or items.get("type") != "record" or not items["fields"]:
-            return None
-        item_scalars = [_scalar(f) for f in items["fields"]]
-        if None in item_scalars:
-            return None
-        parts.append(
-            _Part(tuple(scalars), field["name"], tuple(s for s in item_scalars if s is not None))
-        )
+        item_defaults: _Defaults = ()
+        if resolved_to is not None:
+            today = _flat_items(resolved_to, resolved_to["fields"][position])
+            found = None if today is None else _added_defaults(items, today)
+            if found is None:
+                return None
+            item_defaults = found
+        item_scalars = tuple(s for s in map(_scalar, items["fields"]) if s is not None)
+        parts.append(_Part(tuple(scalars), field["name"], item_scalars, item_defaults))
         scalars = []
     if scalars or not parts:
         parts.append(_Part(tuple(scalars)))
     frozen = tuple(parts)
 
     def read(value: bytes) -> dict[str, Any]:
-        return _read_parts(value, frozen)
+        return _read_parts(value, frozen, defaults)
 
     return read
 
@@ -295,13 +342,26 @@ def _parsed(document: dict[str, Any]) -> tuple[Any, bytes]:
     return parsed, bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
+_FOLDER = resources.files("fsstream.contract") / "schemas"
+
+
 def schema_document(name: str) -> dict[str, Any]:
     """The standalone schema document of a record, as shipped in ``schemas/``."""
-    folder = resources.files("fsstream.contract") / "schemas"
     document: dict[str, Any] = json.loads(
-        (folder / _SCHEMA_FILES[name]).read_text(encoding="utf-8")
+        (_FOLDER / _SCHEMA_FILES[name]).read_text(encoding="utf-8")
     )
     return document
+
+
+def previous_documents() -> dict[bytes, dict[str, Any]]:
+    """fingerprint → earlier standalone document of a schema, as kept in ``schemas/previous/``
+    (``<file>.<fingerprint>.avsc``)."""
+    documents: dict[bytes, dict[str, Any]] = {}
+    for path in sorted((_FOLDER / "previous").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".avsc"):
+            fp = bytes.fromhex(path.name.removesuffix(".avsc").rpartition(".")[2])
+            documents[fp] = json.loads(path.read_text(encoding="utf-8"))
+    return documents
 
 
 def _load() -> dict[str, Schema]:
@@ -316,7 +376,6 @@ def _load() -> dict[str, Schema]:
 
 SCHEMAS: dict[str, Schema] = _load()
 _BY_FINGERPRINT: dict[bytes, Schema] = {s.fingerprint: s for s in SCHEMAS.values()}
-_BY_FINGERPRINT.update({fp: SCHEMAS[name] for fp, name in LEGACY_FINGERPRINTS.items()})
 
 
 def add_writer_version(name: str, document: dict[str, Any]) -> bytes:
@@ -328,8 +387,24 @@ def add_writer_version(name: str, document: dict[str, Any]) -> bytes:
     current = SCHEMAS[name]
     parsed, fp = _parsed(document)
     if fp not in _BY_FINGERPRINT:
-        _BY_FINGERPRINT[fp] = Schema(name, parsed, fp, MAGIC + fp, resolved_to=current.parsed)
+        reader = _flat_reader(parsed, current.parsed)
+        _BY_FINGERPRINT[fp] = Schema(
+            name, parsed, fp, MAGIC + fp, reader=reader, resolved_to=current.parsed
+        )
     return fp
+
+
+def _add_previous_versions() -> None:
+    for fp, document in previous_documents().items():
+        name = f"{document['namespace']}.{document['name']}"
+        if add_writer_version(name, document) != fp:
+            raise RuntimeError(f"schemas/previous: the {name} document is not {fp.hex()}")
+    _BY_FINGERPRINT.update(
+        {fp: _BY_FINGERPRINT[version] for fp, version in LEGACY_FINGERPRINTS.items()}
+    )
+
+
+_add_previous_versions()
 
 
 def encode(schema_name: str, record: dict[str, Any]) -> bytes:

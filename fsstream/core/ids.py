@@ -1,7 +1,9 @@
 """Event fingerprints and event ids.
 
-A fingerprint identifies an event by its content, so a redelivered event is
-recognised; an event id hashes the view, the fingerprint and the predecessor's
+A fingerprint identifies an event within its view, so a redelivered event is
+recognised: by the source's own event id when the source gives one, else by the event's
+content (content-identical events of a source without ids are indistinguishable from
+redeliveries). An event id hashes the view, the fingerprint and the predecessor's
 fingerprint in view order, so the id of a row changes exactly when a late event
 lands right before it, and is the same whatever order the view's events arrived in.
 """
@@ -14,6 +16,8 @@ _SEP = b"\x1f"
 _FIRST = b"first"
 _IDENTIFY = b"identify"
 _DETACHED = b"detached"
+_SOURCE_PERSON = b"fsstream-source"
+"""BLAKE2b personalisation of source-id fingerprints: a domain apart from content ones."""
 
 
 def fingerprint(
@@ -29,6 +33,13 @@ def fingerprint(
         (f"{event_time_us:d}", event_type, event_properties, source_type, source_properties)
     )
     return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def source_fingerprint(source_event_id: str) -> int:
+    """A 64-bit hash of the source's own event id (the view is in the event id)."""
+    return int.from_bytes(
+        blake2b(source_event_id.encode(), digest_size=8, person=_SOURCE_PERSON).digest(), "little"
+    )
 
 
 def _id(view_key: str, fp: int, tail: bytes) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from fsstream.core.ids import fingerprint
+from fsstream.core.ids import fingerprint, source_fingerprint
 from fsstream.core.jsondepth import json_depth
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import format_event_time, is_canonical_event_time, parse_rfc3339_us
@@ -57,6 +57,10 @@ class PropertiesNotObject(InvalidRecord):
     """event_properties or source_properties is not a JSON object."""
 
 
+class EmptySourceEventId(InvalidRecord):
+    """An event's source_event_id is an empty string, which identifies nothing."""
+
+
 class ViewKeyMismatch(InvalidRecord):
     """The batch's events do not all belong to the record's view."""
 
@@ -82,7 +86,8 @@ class Limits:
 
 @dataclass(slots=True)
 class RawEvent:
-    """A checked raw event with its parsed properties and fingerprint."""
+    """A checked raw event with its parsed properties and fingerprint (from its source id
+    when it has one, else from its content)."""
 
     device_id: int
     session_id: int | None
@@ -139,21 +144,33 @@ def check_event(
     source_type = event["source_type"]
     if not source_type:
         raise MissingEventType(f"event {position} has no source_type")
+    session_id = event["session_id"]
+    view_id = event["view_id"]
     event_properties_text = event["event_properties"]
     source_properties_text = event["source_properties"]
+    event_properties = _properties(event_properties_text, "event_properties", position)
+    source_properties = _properties(source_properties_text, "source_properties", position)
+    # Absent from records written with the schema before it, and from hand-built batches.
+    source_event_id = event.get("source_event_id")
+    if source_event_id is None:
+        fp = fingerprint(
+            time_us, event_type, event_properties_text, source_type, source_properties_text
+        )
+    elif source_event_id:
+        fp = source_fingerprint(source_event_id)
+    else:
+        raise EmptySourceEventId(f"event {position}: source_event_id is empty")
     return RawEvent(
         device_id,
-        event["session_id"],
-        event["view_id"],
+        session_id,
+        view_id,
         time_us,
         text if is_canonical_event_time(text) else format_event_time(time_us),
         event_type,
-        _properties(event_properties_text, "event_properties", position),
+        event_properties,
         source_type,
-        _properties(source_properties_text, "source_properties", position),
-        fingerprint(
-            time_us, event_type, event_properties_text, source_type, source_properties_text
-        ),
+        source_properties,
+        fp,
     )
 
 

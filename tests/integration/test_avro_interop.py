@@ -26,9 +26,11 @@ async def test_apache_avro_records_and_old_fingerprints_are_published(
         random.Random(31), count=3, per_view=3, start_ms=now - 60_000
     )
     schema = apache_schema(codec.schema_document(codec.RAW_EVENT_BATCH))
-    [old_fingerprint] = codec.LEGACY_FINGERPRINTS
+    [(old_fingerprint, version)] = codec.LEGACY_FINGERPRINTS.items()
     by_apache = apache_encode(schema, {"ingested_time": now, "events": apache.events})
-    ours = codec.encode(codec.RAW_EVENT_BATCH, {"ingested_time": now, "events": legacy.events})
+    # The legacy fingerprint names the body of the version before source_event_id.
+    previous = apache_schema(codec.previous_documents()[version])
+    ours = apache_encode(previous, {"ingested_time": now, "events": legacy.events})
     records = [
         RawRecord(apache.key, now, [], value=by_apache),
         RawRecord(legacy.key, now, [], value=ours[:2] + old_fingerprint + ours[10:]),

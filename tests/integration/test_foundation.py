@@ -95,7 +95,8 @@ async def test_produce_groups_per_view_and_every_field_arrives(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
-    settings = make_settings()
+    # Records stamped in 2024: the raw topic must keep them (produce refuses them otherwise).
+    settings = make_settings(raw_retention_s=10 * 365 * 86_400.0)
     assert run_cli(settings, "topics", "create").returncode == 0
     events = _events()
     source = tmp_path / "events.ndjson"

@@ -19,10 +19,18 @@ from tests.unit.contract.test_codec import DEFINITION, EVENT, RAW_EVENT
 
 RECORDS = {
     codec.RAW_EVENT: RAW_EVENT,
-    codec.RAW_EVENT_BATCH: {"ingested_time": 1704067200000, "events": [RAW_EVENT] * 3},
+    codec.RAW_EVENT_BATCH: {
+        "ingested_time": 1704067200000,
+        "events": [RAW_EVENT, {**RAW_EVENT, "source_event_id": "srv-1"}, RAW_EVENT],
+    },
     codec.EVENT: EVENT,
     codec.DEFINITION: DEFINITION,
 }
+PREVIOUS = {
+    codec.RAW_EVENT: bytes.fromhex("45867534afeedc07"),
+    codec.RAW_EVENT_BATCH: bytes.fromhex("3fb607598001468a"),
+}
+"""The fingerprints of the schemas before ``source_event_id``."""
 
 
 def apache_schema(document: dict[str, Any]) -> avro.schema.Schema:
@@ -53,7 +61,8 @@ def test_each_schema_file_alone_has_the_fingerprint_fsstream_writes(name: str) -
 
 
 def test_the_batch_fingerprint_is_that_of_the_whole_document() -> None:
-    assert codec.SCHEMAS[codec.RAW_EVENT_BATCH].fingerprint.hex() == "3fb607598001468a"
+    assert codec.SCHEMAS[codec.RAW_EVENT_BATCH].fingerprint.hex() == "592f0919bbe55113"
+    assert codec.SCHEMAS[codec.RAW_EVENT].fingerprint.hex() == "61fdb3ac91bf4110"
 
 
 def test_the_batch_document_inlines_the_raw_event_schema_unchanged() -> None:
@@ -72,55 +81,82 @@ def test_records_apache_avro_writes_are_read_and_the_reverse(name: str) -> None:
     assert apache_decode(written, schema) == record
 
 
+def _raw_event_items(document: dict[str, Any]) -> dict[str, Any]:
+    [events] = [f for f in document["fields"] if f["name"] == "events"]
+    items: dict[str, Any] = events["type"]["items"]
+    return items
+
+
+def _without_source_ids(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    if name == codec.RAW_EVENT:
+        return {k: v for k, v in record.items() if k != "source_event_id"}
+    return {**record, "events": [_without_source_ids(codec.RAW_EVENT, e) for e in record["events"]]}
+
+
+def test_the_previous_documents_are_todays_without_the_source_event_id() -> None:
+    previous = codec.previous_documents()
+    assert {fp: d["name"] for fp, d in previous.items()} == {
+        fp: name.rpartition(".")[2] for name, fp in PREVIOUS.items()
+    }
+    for name, fp in PREVIOUS.items():
+        assert apache_schema(previous[fp]).fingerprint("CRC-64-AVRO") == fp
+        today = copy.deepcopy(codec.schema_document(name))
+        fields = (_raw_event_items(today) if name == codec.RAW_EVENT_BATCH else today)["fields"]
+        added = fields.pop()
+        assert added == {
+            "name": "source_event_id",
+            "type": ["null", "string"],
+            "default": None,
+            "doc": added["doc"],
+        }
+        assert today == previous[fp]
+
+
 def test_records_written_with_the_previous_batch_fingerprint_are_still_read() -> None:
     """Before, the batch was fingerprinted with ``RawEvent`` as a bare name."""
-    document = codec.schema_document(codec.RAW_EVENT_BATCH)
+    previous = codec.previous_documents()
+    document = previous[PREVIOUS[codec.RAW_EVENT_BATCH]]
     inline = apache_schema(document).canonical_form
-    event = apache_schema(codec.schema_document(codec.RAW_EVENT)).canonical_form
+    event = apache_schema(previous[PREVIOUS[codec.RAW_EVENT]]).canonical_form
     bare = inline.replace(event, '"io.fsstream.RawEvent"')
     assert bare != inline
     legacy = bytes.fromhex(fingerprint(bare, "CRC-64-AVRO"))
-    assert {legacy: codec.RAW_EVENT_BATCH} == codec.LEGACY_FINGERPRINTS
+    assert {legacy: PREVIOUS[codec.RAW_EVENT_BATCH]} == codec.LEGACY_FINGERPRINTS
     record = RECORDS[codec.RAW_EVENT_BATCH]
-    current = codec.encode(codec.RAW_EVENT_BATCH, record)
-    old = current[:2] + legacy + current[10:]
-    assert codec.decode(old, expected=codec.RAW_EVENT_BATCH) == record
-
-
-def _with_source_event_id() -> dict[str, Any]:
-    """The batch schema with an optional field added to its events."""
-    document = copy.deepcopy(codec.schema_document(codec.RAW_EVENT_BATCH))
-    [events] = [f for f in document["fields"] if f["name"] == "events"]
-    events["type"]["items"]["fields"].append(
-        {"name": "source_event_id", "type": ["null", "string"], "default": None}
+    written = apache_encode(
+        apache_schema(document), _without_source_ids(codec.RAW_EVENT_BATCH, record)
     )
-    return document
+    old = written[:2] + legacy + written[10:]
+    without = {**record, "events": [{**e, "source_event_id": None} for e in record["events"]]}
+    assert codec.decode(old, expected=codec.RAW_EVENT_BATCH) == without
 
 
-def test_a_version_with_an_added_optional_field_is_read_by_both_sides(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.parametrize("name", list(PREVIOUS))
+def test_the_version_before_source_event_id_is_read_by_both_sides(name: str) -> None:
+    old_schema = apache_schema(codec.previous_documents()[PREVIOUS[name]])
+    today = apache_schema(codec.schema_document(name))
+    record = RECORDS[name]
+    old_record = _without_source_ids(name, record)
+    # fsstream reads records of the previous version, the new field at its default.
+    value = apache_encode(old_schema, old_record)
+    decoded = codec.decode(value, expected=name)
+    assert decoded == apache_decode(value, old_schema, today)
+    assert _without_source_ids(name, decoded) == old_record
+    assert codec.schema_of(value).reader is not None  # read by the fast reader too
+    # A reader of the previous version reads today's records, the new field skipped.
+    assert apache_decode(codec.encode(name, record), today, old_schema) == old_record
+
+
+def test_a_writer_version_is_unknown_until_added(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codec, "_BY_FINGERPRINT", dict(codec._BY_FINGERPRINT))
-    evolved_document = _with_source_event_id()
-    evolved = apache_schema(evolved_document)
-    today = apache_schema(codec.schema_document(codec.RAW_EVENT_BATCH))
-    record = RECORDS[codec.RAW_EVENT_BATCH]
-    with_ids = {
-        **record,
-        "events": [{**e, "source_event_id": f"s{i}"} for i, e in enumerate(record["events"])],
-    }
-    value = apache_encode(evolved, with_ids)
+    document = codec.previous_documents()[PREVIOUS[codec.RAW_EVENT_BATCH]]
+    for fp in (PREVIOUS[codec.RAW_EVENT_BATCH], *codec.LEGACY_FINGERPRINTS):
+        del codec._BY_FINGERPRINT[fp]
+    record = _without_source_ids(codec.RAW_EVENT_BATCH, RECORDS[codec.RAW_EVENT_BATCH])
+    value = apache_encode(apache_schema(document), record)
     with pytest.raises(codec.UnknownSchemaError):
         codec.decode(value)
-    fp = codec.add_writer_version(codec.RAW_EVENT_BATCH, evolved_document)
     assert (
-        fp == evolved.fingerprint("CRC-64-AVRO") != codec.SCHEMAS[codec.RAW_EVENT_BATCH].fingerprint
+        codec.add_writer_version(codec.RAW_EVENT_BATCH, document) == PREVIOUS[codec.RAW_EVENT_BATCH]
     )
-    # Today's reader reads the new version (the field it lacks is skipped), both fingerprints.
-    assert codec.decode(value, expected=codec.RAW_EVENT_BATCH) == record
-    assert codec.decode(codec.encode(codec.RAW_EVENT_BATCH, record)) == record
-    assert apache_decode(value, evolved, today) == record
-    # A reader of the new version reads today's records, the field at its default.
-    old = codec.encode(codec.RAW_EVENT_BATCH, record)
-    without = {**record, "events": [{**e, "source_event_id": None} for e in record["events"]]}
-    assert apache_decode(old, today, evolved) == without
+    assert _without_source_ids(codec.RAW_EVENT_BATCH, codec.decode(value)) == record

@@ -17,6 +17,7 @@ RAW_EVENT = {
     "event_properties": '{"target":{"raw_selector":"body > a"}}',
     "source_type": "web",
     "source_properties": "{}",
+    "source_event_id": None,
 }
 EVENT = {
     "event_id": "abc",
@@ -198,6 +199,7 @@ RAW_EVENTS = st.fixed_dictionaries(
         "event_properties": st.text(),
         "source_type": st.none() | st.text(),
         "source_properties": st.text(max_size=300),
+        "source_event_id": st.none() | st.text(max_size=40),
     }
 )
 
@@ -209,6 +211,27 @@ def test_the_fast_batch_reader_reads_what_fastavro_reads(record: dict) -> None:
     value = codec.encode(codec.RAW_EVENT_BATCH, record)
     body = io.BytesIO(value[codec.HEADER_SIZE :])
     assert schema.reader(value) == schemaless_reader(body, schema.parsed, None) == record
+
+
+PREVIOUS_BATCH = bytes.fromhex("3fb607598001468a")
+"""The batch schema before ``source_event_id``."""
+
+
+@given(st.fixed_dictionaries({"ingested_time": LONGS, "events": st.lists(RAW_EVENTS, max_size=5)}))
+def test_the_fast_reader_of_the_previous_batch_version_reads_what_fastavro_resolves(
+    record: dict,
+) -> None:
+    previous = codec.schema_of(codec.MAGIC + PREVIOUS_BATCH)
+    assert previous.reader is not None and previous.name == codec.RAW_EVENT_BATCH
+    for event in record["events"]:
+        del event["source_event_id"]
+    buf = io.BytesIO()
+    schemaless_writer(buf, previous.parsed, record)
+    value = previous.header + buf.getvalue()
+    today = codec.SCHEMAS[codec.RAW_EVENT_BATCH].parsed
+    resolved = schemaless_reader(io.BytesIO(buf.getvalue()), previous.parsed, today)
+    assert previous.reader(value) == resolved == codec.decode(value)
+    assert all(e["source_event_id"] is None for e in resolved["events"])
 
 
 def test_only_flat_schemas_get_the_fast_reader() -> None:
@@ -256,7 +279,8 @@ OVERLONG = (
 def _event_body(*, device_id: bytes = b"\x02\x54") -> bytes:
     """A RawEvent body: the given device_id union, then ordinary fields."""
     text = b"\x04{}"
-    return device_id + b"\x00\x00" + b"\x02t" + b"\x02\x02c" + text + b"\x02\x02w" + text
+    body = device_id + b"\x00\x00" + b"\x02t" + b"\x02\x02c" + text + b"\x02\x02w" + text
+    return body + b"\x00"  # no source_event_id
 
 
 def _batch_of(event: bytes) -> bytes:

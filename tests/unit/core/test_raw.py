@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsstream.core import raw
-from fsstream.core.ids import fingerprint
+from fsstream.core.ids import (
+    detached_event_id,
+    event_id,
+    fingerprint,
+    identify_event_id,
+    source_fingerprint,
+)
 from tests.unit.contract.test_codec import RAW_EVENT
 
 TS_MS = 1704067200500
@@ -51,6 +57,51 @@ def test_a_checked_event() -> None:
 )
 def test_fingerprints_are_stable(args: tuple[int, str, str, str, str], fp: int) -> None:
     assert fingerprint(*args) == fp
+
+
+def test_event_ids_of_events_without_a_source_id_are_unchanged() -> None:
+    """Pinned: published ids of events without a source id stay what they were."""
+    event = raw.check_event({**EVENT, "view_id": None}, 0, TS_MS, LIMITS)
+    assert event.fp == 8045185409673680617
+    assert event_id("42:7:", event.fp, None) == "7ffedcdf5fd7a6db2d80351fa26adb2b"
+    assert event_id("42:7:", event.fp, 16589750480558339551) == "49538f4878f761cdf00499aa1157d650"
+    assert identify_event_id("42:7:", event.fp) == "2968ef28fdf0fba03325ee8a42990b6d"
+    assert detached_event_id("42:7:", event.fp) == "a49ef69cd8e9667a923dd024a4360a13"
+    # The same without the key at all (a record of the previous schema).
+    without = {k: v for k, v in EVENT.items() if k != "source_event_id"}
+    assert raw.check_event(without, 0, TS_MS, LIMITS).fp == 8045185409673680617
+
+
+def test_a_source_id_is_the_identity() -> None:
+    one = raw.check_event({**EVENT, "source_event_id": "evt-1"}, 0, TS_MS, LIMITS)
+    two = raw.check_event({**EVENT, "source_event_id": "evt-2"}, 0, TS_MS, LIMITS)
+    # Content-identical events with different source ids are different events ...
+    assert one.fp != two.fp
+    assert one.fp == source_fingerprint("evt-1") == 10602311299372128458  # pinned
+    # ... and a redelivery is recognised by its id alone, whatever its content.
+    again = raw.check_event(
+        {**EVENT, "source_event_id": "evt-1", "event_properties": '{"retry":1}'}, 0, TS_MS, LIMITS
+    )
+    assert again.fp == one.fp
+    assert one.fp != raw.check_event(EVENT, 0, TS_MS, LIMITS).fp
+    expected = blake2b(b"evt-1", digest_size=8, person=b"fsstream-source").digest()
+    assert one.fp == int.from_bytes(expected, "little")
+
+
+@given(st.integers(-(2**60), 2**60), st.text(), st.text(), st.text(), st.text())
+def test_source_fingerprints_are_apart_from_content_fingerprints(
+    us: int, event_type: str, properties: str, source_type: str, source: str
+) -> None:
+    """A source id spelling an event's content still hashes to another fingerprint."""
+    content = f"{us}\x1f{event_type}\x1f{properties}\x1f{source_type}\x1f{source}"
+    assert source_fingerprint(content) != fingerprint(
+        us, event_type, properties, source_type, source
+    )
+
+
+def test_an_empty_source_id_is_refused() -> None:
+    kind, message = _reason({**EVENT, "source_event_id": ""}, position=2)
+    assert (kind, message) == (raw.EmptySourceEventId, "event 2: source_event_id is empty")
 
 
 @given(st.integers(-(2**70), 2**70), st.text(), st.text(), st.text(), st.text())
