@@ -13,6 +13,7 @@ from aiokafka.errors import ProducerFenced
 from fsstream import metrics
 from fsstream.core.partitioning import partition_for
 from fsstream.devtools.processes import metric_value
+from fsstream.reorder.agent import OutputRecord
 from fsstream.reorder.worker import send_batches
 from fsstream.settings import Settings
 from tests.scenario import expected_rows
@@ -33,9 +34,11 @@ def events_in() -> float:
 
 async def test_records_are_queued_per_partition_in_order_in_full_batches() -> None:
     producer = Producer(batch_capacity=2)
-    records = [(p, f"k{n}".encode(), f"v{n}".encode(), []) for n, p in enumerate([1, 0, 1, 1, 0])]
+    records: list[OutputRecord] = [
+        (p, f"k{n}".encode(), f"v{n}".encode(), []) for n, p in enumerate([1, 0, 1, 1, 0])
+    ]
     await producer.begin_transaction()
-    counted = await send_batches(producer, "out", records, counted=True)  # type: ignore[arg-type]
+    counted = await send_batches(producer, "out", records, counted=True)
     assert producer.steps == ["begin", "batch out/1:2", "batch out/1:1", "batch out/0:2"]
     assert [count for _, count in counted] == [2, 1, 2]
     assert [(await future).offset for future, _ in counted] == [0, 2, 0]
