@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +18,8 @@ from fsstream.contract import codec
 from fsstream.core.ids import event_id, fingerprint, identify_event_id
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.devtools.localkafka import free_port
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
@@ -127,6 +132,40 @@ async def wait_for(settings: Settings, topic: str, done: Any, timeout: float = 1
         if done(records) or time.monotonic() > deadline:
             return records
         await asyncio.sleep(1.0)
+
+
+@asynccontextmanager
+async def running_pipeline(
+    settings: Settings, tmp_path: Path, *, sink_settings: Settings | None = None
+) -> AsyncIterator[tuple[WorkerProcess, WorkerProcess]]:
+    """A reorder worker with ``settings`` and a sink worker (``sink_settings``, else the
+    same on a port of its own), both owning partitions; stopped on the way out. Their
+    logs are ``reorder.log`` and ``sink.log`` in ``tmp_path``."""
+    if sink_settings is None:
+        sink_settings = settings.model_copy(update={"web_port": free_port()})
+    with (
+        WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
+        WorkerProcess(sink_settings, "sink", tmp_path / "sink.log") as sink,
+    ):
+        await asyncio.to_thread(reorder.wait_assigned)
+        await asyncio.to_thread(sink.wait_assigned)
+        yield reorder, sink
+
+
+async def settled_metric(
+    worker: WorkerProcess, name: str, expected: float, timeout: float = 30.0, **labels: str
+) -> float:
+    """A worker's metric once it equals ``expected``, or its value when ``timeout`` is over.
+
+    Counters move just after the commit whose records a reader sees, so a test waits for
+    them rather than reading them once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(worker.metric, name, **labels)
+        if value == expected or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
 
 
 def traffic_day(

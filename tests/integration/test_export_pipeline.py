@@ -18,14 +18,14 @@ import orjson
 from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess, settings_env
+from fsstream.devtools.processes import settings_env
 from fsstream.export.bundles import build_bundles
 from fsstream.export.config import HOUR_MS, ExportConfig
 from fsstream.export.mapping import EVENT_TYPES, event_start
 from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
 from tests.integration.test_sink_worker import complete
-from tests.scenario import expected_rows, produce, read_all, traffic_day
+from tests.scenario import expected_rows, produce, read_all, running_pipeline, traffic_day
 from tests.warehouse import wait_for_warehouse, warehouse_settings
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
@@ -99,14 +99,7 @@ async def test_a_day_of_traffic_becomes_bundles_of_its_live_events(
     await create_topics(settings)
     views, records = traffic_day(seed=11, sessions=100, day_start_ms=DAY_START_MS)
     expected = expected_rows(views)
-    with (
-        WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
-        WorkerProcess(
-            settings.model_copy(update={"web_port": free_port()}), "sink", tmp_path / "sink.log"
-        ) as sink,
-    ):
-        reorder.wait_assigned()
-        sink.wait_assigned()
+    async with running_pipeline(settings, tmp_path):
         await produce(settings, records)
         warehouse = await wait_for_warehouse(settings, complete(set(expected)))
     assert set(warehouse.live()) == set(expected)

@@ -14,13 +14,23 @@ from typing import Any
 
 import duckdb
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import parse_rfc3339_us
 from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess, settings_env
+from fsstream.devtools.processes import WorkerProcess, metric_value, settings_env
 from fsstream.settings import Settings
-from tests.scenario import expected_rows, live, produce, read_all, traffic_day, wait_for
+from tests.scenario import (
+    expected_rows,
+    live,
+    produce,
+    read_all,
+    running_pipeline,
+    settled_metric,
+    traffic_day,
+    wait_for,
+)
 from tests.warehouse import holds_live, read_warehouse, wait_for_warehouse
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
@@ -62,14 +72,11 @@ async def test_replay_rebuilds_the_same_live_rows_twice(
     await create_topics(settings)
     views, records = traffic_day(seed=9, sessions=60, day_start_ms=DAY_START_MS)
     expected = set(expected_rows(views))
-    with (
-        WorkerProcess(
-            with_port(settings, "reorder", tmp_path), "reorder", tmp_path / "reorder.log"
-        ) as reorder,
-        WorkerProcess(with_port(settings, "sink", tmp_path), "sink", tmp_path / "sink.log") as sink,
+    async with running_pipeline(
+        with_port(settings, "reorder", tmp_path),
+        tmp_path,
+        sink_settings=with_port(settings, "sink", tmp_path),
     ):
-        reorder.wait_assigned()
-        sink.wait_assigned()
         await produce(settings, records)
         original = await wait_for_warehouse(settings, holds_live(expected))
     assert set(original.live()) == expected
@@ -98,7 +105,7 @@ async def test_replay_rebuilds_the_same_live_rows_twice(
     }
 
 
-async def test_health_and_metrics_endpoints_serve_the_documented_names(
+async def test_health_and_metrics_endpoints_serve_the_documented_names_and_counts(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
@@ -106,19 +113,30 @@ async def test_health_and_metrics_endpoints_serve_the_documented_names(
     await create_topics(settings)
     views, records = traffic_day(seed=4, sessions=10, day_start_ms=DAY_START_MS)
     expected = set(expected_rows(views))
-    reorder_settings = with_port(settings, "reorder", tmp_path)
+    events_sent = sum(len(r.events) for r in records)
     sink_settings = with_port(settings, "sink", tmp_path)
-    with (
-        WorkerProcess(reorder_settings, "reorder", tmp_path / "reorder.log") as reorder,
-        WorkerProcess(sink_settings, "sink", tmp_path / "sink.log") as sink,
-    ):
-        health = reorder.wait_assigned()
-        assert health["status"] == "ok"
+    async with running_pipeline(
+        with_port(settings, "reorder", tmp_path), tmp_path, sink_settings=sink_settings
+    ) as (reorder, sink):
+        health = reorder.health()
+        assert health is not None and health["status"] == "ok"
         assert any(p.startswith(f"{settings.topic_raw}/") for p in health["assigned"])
-        sink.wait_assigned()
         await produce(settings, records)
         await wait_for_warehouse(settings, holds_live(expected))
-        await asyncio.sleep(6)  # one lag sample
+        events_in = await settled_metric(reorder, "fsstream_events_in_total", events_sent)
+        await asyncio.sleep(6)  # one lag sample, and every hour sealed
+        published = await read_all(settings, settings.topic_events)
+        warehouse = await read_warehouse(settings)
+        rows_out = sum(1 for r in published if r.value is not None)
+        tombstones_out = len(published) - rows_out
+        events_out = await settled_metric(reorder, "fsstream_events_out_total", rows_out)
+        tombstones = await settled_metric(reorder, "fsstream_tombstones_total", tombstones_out)
+        files_written = await settled_metric(
+            sink, "fsstream_sink_files_written_total", len(warehouse.files)
+        )
+        rows_written = await settled_metric(
+            sink, "fsstream_sink_rows_written_total", len(warehouse.rows())
+        )
         reorder_metrics, sink_metrics = reorder.metrics(), sink.metrics()
         with urllib.request.urlopen(
             f"http://127.0.0.1:{sink_settings.web_port}/health", timeout=2
@@ -149,13 +167,46 @@ async def test_health_and_metrics_endpoints_serve_the_documented_names(
         ("fsstream_consumer_lag", "gauge"),
     ):
         assert re.search(rf"^# TYPE {family}(_total)? {kind}$", sink_metrics, re.M), family
-    assert "\nfsstream_consumer_lag{" in reorder_metrics
-    rows_written = [
-        line
-        for line in sink_metrics.splitlines()
-        if line.startswith("fsstream_sink_rows_written_total ")
-    ]
-    assert float(rows_written[0].split()[1]) >= len(expected)
+
+    def reorder_value(name: str, **labels: str) -> float:
+        return metric_value(reorder_metrics, name, **labels)
+
+    def sink_value(name: str, **labels: str) -> float:
+        return metric_value(sink_metrics, name, **labels)
+
+    # The reorder worker counted the work it was given and the records it published.
+    assert events_in == events_sent
+    assert reorder_value("fsstream_raw_records_in_total") == len(records)
+    assert reorder_value("fsstream_duplicate_events_total") == 0  # nothing sent twice
+    assert events_out == rows_out >= len(expected)
+    assert tombstones == tombstones_out
+    late = reorder_value("fsstream_late_events_total")
+    assert late <= events_sent and (tombstones == 0 or late > 0)
+    assert reorder_value("fsstream_dlq_records_total") == 0
+    assert reorder_value("fsstream_definitions_applied_total") == 0
+    assert reorder_value("fsstream_open_views") == len(views)
+    assert reorder_value("fsstream_raw_to_events_latency_seconds_count") > 0
+    assert lagged(reorder_metrics, settings.topic_raw) == set(range(settings.raw_partitions))
+    # The sink counted the files and rows the warehouse holds, and holds nothing back.
+    assert files_written == len(warehouse.files) >= 1
+    assert rows_written == len(warehouse.rows()) >= len(expected)
+    assert sink_value("fsstream_sink_buffered_rows") == 0
+    assert sink_value("fsstream_sink_buffered_bytes") == 0
+    assert sink_value("fsstream_sink_buffered_bytes_peak") > 0
+    assert sink_value("fsstream_s3_retries_total") == 0
+    assert sink_value("fsstream_sink_seal_lag_seconds") == 0
+    assert sink_value("fsstream_sink_sync_latency_seconds_count") > 0
+    assert lagged(sink_metrics, settings.topic_events) == set(range(settings.events_partitions))
+
+
+def lagged(exposition: str, topic: str) -> set[int]:
+    """The partitions of ``topic`` a worker reports its consumer lag for."""
+    return {
+        int(sample.labels["partition"])
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "fsstream_consumer_lag" and sample.labels["topic"] == topic
+    }
 
 
 async def settled_shares(

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,8 @@ import orjson
 from fsstream.contract import codec
 from fsstream.contract.partitioning import partition_for
 from fsstream.contract.topics import create_topics
-from fsstream.devtools.processes import WorkerProcess
+from fsstream.core.timefmt import parse_rfc3339_us
+from fsstream.devtools.processes import WorkerProcess, metric_value
 from fsstream.settings import Settings
 from tests.scenario import (
     RawRecord,
@@ -22,18 +24,30 @@ from tests.scenario import (
     live,
     make_views,
     produce,
+    read_all,
+    settled_metric,
     wait_for,
     without_enrichment,
 )
 
 
-def plan_records(
-    rng: random.Random, views: list[View], t0: int
-) -> tuple[list[RawRecord], list[RawRecord]]:
+@dataclass
+class Plan:
     """Phase A: most events, shuffled, split into random batches, all within one grace.
     Phase B, 30 s of stream time later: the held-back events (late) and some redeliveries."""
+
+    phase_a: list[RawRecord]
+    phase_b: list[RawRecord]
+    redelivered: int
+    """Events sent a second time."""
+    late_before_released: int
+    """Late events that sort before an event of their view released in phase A."""
+
+
+def plan_records(rng: random.Random, views: list[View], t0: int) -> Plan:
     phase_a: list[RawRecord] = []
     phase_b: list[RawRecord] = []
+    late_before_released = 0
     for view in views:
         events = list(view.events)
         rng.shuffle(events)
@@ -45,12 +59,15 @@ def plan_records(
             phase_a.append(RawRecord(view.key, 0, early[position : position + size]))
             position += size
         phase_b.extend(RawRecord(view.key, 0, [e]) for e in late)
-    phase_b.extend(rng.sample(phase_a, len(phase_a) // 10))
+        last_early = max(parse_rfc3339_us(e["event_time"]) for e in early)
+        late_before_released += sum(parse_rfc3339_us(e["event_time"]) < last_early for e in late)
+    redeliveries = rng.sample(phase_a, len(phase_a) // 10)
+    phase_b.extend(redeliveries)
     rng.shuffle(phase_a)
     rng.shuffle(phase_b)
     a = [RawRecord(r.key, t0 + i * 2, r.events) for i, r in enumerate(phase_a)]
     b = [RawRecord(r.key, t0 + 30_000 + i * 2, r.events) for i, r in enumerate(phase_b)]
-    return a, b
+    return Plan(a, b, sum(len(r.events) for r in redeliveries), late_before_released)
 
 
 def check_output(
@@ -114,21 +131,42 @@ async def test_shuffled_views_with_late_events_come_out_ordered_and_corrected(
     rng = random.Random(11)
     t0 = int(time.time() * 1000) - 60_000
     views = make_views(rng, count=40, per_view=15, start_ms=t0 - 600_000)
-    phase_a, phase_b = plan_records(rng, views, t0)
+    plan = plan_records(rng, views, t0)
+    sent = plan.phase_a + plan.phase_b
+    events_sent = sum(len(r.events) for r in sent)
     with WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as worker:
         worker.wait_assigned()
-        await produce(settings, phase_a)
-        await produce(settings, phase_b)
+        await produce(settings, plan.phase_a)
+        await produce(settings, plan.phase_b)
         expected = set(expected_rows(views))
         records = await wait_for(
             settings, settings.topic_events, lambda rs: set(live(rs)) == expected
         )
+        events_in = await settled_metric(worker, "fsstream_events_in_total", events_sent)
+        records = await read_all(settings, settings.topic_events)
+        tombstones = [r for r in records if r.value is None]
+        counted_tombstones = await settled_metric(
+            worker, "fsstream_tombstones_total", len(tombstones)
+        )
+        counted_rows = await settled_metric(
+            worker, "fsstream_events_out_total", len(records) - len(tombstones)
+        )
         metrics_text = worker.metrics()
     check_output(records, views, settings)
-    tombstones = [r for r in records if r.value is None]
     assert tombstones, "late events must have superseded published rows"
-    assert "fsstream_late_events_total" in metrics_text
-    assert "fsstream_duplicate_events_total" in metrics_text
+    # Every event sent was counted in, each redelivered one as a duplicate; every record
+    # published was counted out.
+    assert events_in == events_sent
+    assert metric_value(metrics_text, "fsstream_raw_records_in_total") == len(sent)
+    assert metric_value(metrics_text, "fsstream_duplicate_events_total") == plan.redelivered
+    assert counted_tombstones == len(tombstones)
+    assert counted_rows == len(records) - len(tombstones)
+    # A late event is counted when it sorts before what its view released already: at
+    # least those sorting before an event of phase A, at most every held-back event.
+    late = metric_value(metrics_text, "fsstream_late_events_total")
+    held_back = sum(len(r.events) for r in plan.phase_b) - plan.redelivered
+    assert 0 < plan.late_before_released <= late <= held_back
+    assert metric_value(metrics_text, "fsstream_dlq_records_total") == 0
 
 
 async def test_worker_killed_at_random_moments_loses_and_duplicates_nothing(
@@ -142,8 +180,8 @@ async def test_worker_killed_at_random_moments_loses_and_duplicates_nothing(
     rng = random.Random(23)
     t0 = int(time.time() * 1000) - 60_000
     views = make_views(rng, count=120, per_view=20, start_ms=t0 - 600_000)
-    phase_a, phase_b = plan_records(rng, views, t0)
-    records_in = phase_a + phase_b
+    plan = plan_records(rng, views, t0)
+    records_in = plan.phase_a + plan.phase_b
     chunks = [records_in[i : i + 150] for i in range(0, len(records_in), 150)]
     worker = WorkerProcess(settings, "reorder", tmp_path / "reorder.log").start()
     kills = 0
@@ -222,6 +260,10 @@ async def test_bad_records_go_to_the_dlq_with_their_reason_and_good_ones_flow(
         expected = set(expected_rows(views))
         out = await wait_for(settings, settings.topic_events, lambda rs: set(live(rs)) == expected)
         assert worker.alive()
+        dead_lettered = await settled_metric(worker, "fsstream_dlq_records_total", len(bad_records))
+        good_events = sum(len(v.events) for v in views)
+        events_in = await settled_metric(worker, "fsstream_events_in_total", good_events)
+        metrics_text = worker.metrics()
     assert set(live(out)) == expected
     assert len(dlq) == len(bad_records)
     values_by_reason = {}
@@ -235,3 +277,9 @@ async def test_bad_records_go_to_the_dlq_with_their_reason_and_good_ones_flow(
     assert set(values_by_reason) == set(bad_records)
     for name, record in bad_records.items():
         assert values_by_reason[name] == record.encode(), f"{name}: DLQ bytes changed"
+    # Each bad record was counted once, under its reason; only the good events counted in.
+    assert dead_lettered == len(bad_records)
+    for name in bad_records:
+        assert metric_value(metrics_text, "fsstream_dlq_records_total", reason=name) == 1, name
+    assert events_in == good_events
+    assert metric_value(metrics_text, "fsstream_raw_records_in_total") == len(interleaved)

@@ -27,7 +27,14 @@ from fsstream.devtools.processes import WorkerProcess
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 from tests.faulty_s3 import Fault, FaultyProxy
-from tests.scenario import RawRecord, expected_rows, produce, read_all, traffic_day
+from tests.scenario import (
+    RawRecord,
+    expected_rows,
+    produce,
+    read_all,
+    running_pipeline,
+    traffic_day,
+)
 from tests.warehouse import (
     FILE_PATH,
     Warehouse,
@@ -281,12 +288,7 @@ async def test_s3_outage_pauses_the_sink_which_then_catches_up_with_nothing_lost
     views, records = traffic_day(seed=9, sessions=30, day_start_ms=DAY_START_MS, hours=3)
     expected = set(expected_rows(views))
     first, during, after = chunked(records, 3)
-    with (
-        WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
-        WorkerProcess(sink_settings, "sink", tmp_path / "sink.log") as sink,
-    ):
-        await asyncio.to_thread(reorder.wait_assigned)
-        await asyncio.to_thread(sink.wait_assigned)
+    async with running_pipeline(settings, tmp_path, sink_settings=sink_settings) as (_, sink):
         await produce(settings, first)
         await wait_for_warehouse(settings, lambda w: len(w.files) > 0, timeout=60)
         rule.outage.set()
@@ -328,12 +330,7 @@ async def test_buffered_bytes_stay_within_a_small_budget_over_many_hours_and_vie
     views, records = traffic_day(seed=10, sessions=60, day_start_ms=DAY_START_MS)
     expected = set(expected_rows(views))
     samples: list[float] = []
-    with (
-        WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
-        WorkerProcess(sink_settings, "sink", tmp_path / "sink.log") as sink,
-    ):
-        await asyncio.to_thread(reorder.wait_assigned)
-        await asyncio.to_thread(sink.wait_assigned)
+    async with running_pipeline(settings, tmp_path, sink_settings=sink_settings) as (_, sink):
         stop = threading.Event()
         scraper = threading.Thread(target=scrape, args=(sink, samples, stop), daemon=True)
         scraper.start()

@@ -23,7 +23,7 @@ value recurses no deeper than that, whatever the event holds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,21 +72,6 @@ class EventRule:
             + (self.page_definition_id is not None)
             + len(self.properties)
         )
-
-    def matches(
-        self,
-        event_type: str,
-        event_properties: Mapping[str, Any],
-        element_ids: Sequence[str],
-        page_id: str | None,
-    ) -> bool:
-        if event_type != self.event_type:
-            return False
-        if self.element_definition_id is not None and self.element_definition_id not in element_ids:
-            return False
-        if self.page_definition_id is not None and self.page_definition_id != page_id:
-            return False
-        return all(predicate.holds(event_properties) for predicate in self.properties)
 
 
 def compile_event_rule(rule: Mapping[str, Any]) -> EventRule:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -339,22 +338,3 @@ async def test_overlapping_bundles_are_listed_once(store: LocalStore) -> None:
         str(DAY // 1000 * 100 + 48),
         str((DAY + DAY_MS) // 1000 * 100 + 12),
     ]
-
-
-async def test_build_time_per_million_events(
-    store: LocalStore, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Measured, not asserted: a 24 h bundle of about 100k generated events."""
-    await write_traffic(store, seed=9, sessions=2300, duration_ms=22 * HOUR_MS)
-    day = ExportConfig(org_id=ORG)
-    started = time.perf_counter()
-    built = await build_bundles(store, day, start_ms=DAY, stop_ms=DAY + DAY_MS, now_ms=NOW)
-    elapsed = time.perf_counter() - started
-    events = built[0].events
-    assert events > 90_000
-    with capsys.disabled():
-        print(
-            f"\nexport bundle build: {events} events in {elapsed:.2f} s = "
-            f"{elapsed / events * 1e6:.1f} s per million events, "
-            f"{built[0].size / events:.1f} gzip bytes per event"
-        )

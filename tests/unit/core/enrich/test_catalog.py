@@ -15,7 +15,6 @@ from fsstream.core.enrich import (
     DefinitionError,
     parse_definition,
     parse_definition_key,
-    validate,
 )
 
 BUTTON = "body > main > form#checkout > button.btn[type=submit]"
@@ -66,10 +65,26 @@ def page_at(catalog: Catalog, ts: int, url: str) -> str | None:
 # -- validation ---------------------------------------------------------------
 
 
-def test_a_valid_definition_passes() -> None:
-    validate(element("e1", "button.btn"))
-    validate(page("p1", "/checkout", fs_link_id="abc", is_user_defined=True))
-    validate(definition("event", "v1", {"event_type": "click"}, state="archived"))
+def test_valid_definitions_are_applied_and_match() -> None:
+    catalog = Catalog()
+    catalog.apply("element", "e1", element("e1", "button.btn"), 1000)
+    catalog.apply(
+        "page", "p1", page("p1", "/checkout", fs_link_id="abc", is_user_defined=True), 1000
+    )
+    catalog.apply("event", "v1", definition("event", "v1", {"event_type": "click"}), 1000)
+    catalog.apply(
+        "event", "v2", definition("event", "v2", {"event_type": "click"}, state="archived"), 1000
+    )
+    assert [(d.kind, d.id, d.state) for d in catalog.current()] == [
+        ("element", "e1", "active"),
+        ("event", "v1", "active"),
+        ("event", "v2", "archived"),
+        ("page", "p1", "active"),
+    ]
+    matcher = catalog.matcher_at(1000)
+    assert matcher.elements.match(BUTTON) == ("e1",)
+    assert matcher.pages.match({"full_url": "https://shop.example.com/checkout"}) == "p1"
+    assert matcher.events.match("click", {}, ("e1",), "p1") == ["v1"]
 
 
 @pytest.mark.parametrize(
@@ -105,11 +120,12 @@ def test_a_valid_definition_passes() -> None:
     ],
 )
 def test_invalid_definitions_are_refused_with_the_reason(data: Any, reason: str) -> None:
+    catalog = Catalog()
     with pytest.raises(DefinitionError) as caught:
-        validate(data)
+        catalog.apply("element", "e1", data, 1)
     assert reason in str(caught.value)
-    with pytest.raises(ValueError):
-        Catalog().apply("element", "e1", data, 1)
+    assert catalog.versions() == [] and catalog.current() == []
+    assert catalog.matcher_at(1).elements.match(BUTTON) == ()
 
 
 def test_definition_error_is_a_value_error() -> None:
@@ -393,48 +409,3 @@ def test_a_deeply_nested_selector_is_refused_and_leaves_the_catalog_unchanged(
         catalog.apply("element", "deep", definition("element", "deep", {"selector": selector}), 20)
     assert [d.id for d in catalog.current()] == ["ok"]
     assert catalog.matcher_at(30).elements.match(BUTTON) == ("ok",)
-
-
-def _record(key: str, value: dict[str, Any] | None, offset: int) -> Any:
-    from aiokafka import ConsumerRecord
-
-    from fsstream.contract import codec
-
-    data = None if value is None else codec.encode(codec.DEFINITION, value)
-    return ConsumerRecord(
-        "definitions", 0, offset, 1_000 + offset, 0, key.encode(), data, None, 0, 0, []
-    )
-
-
-def test_the_follower_refuses_any_record_it_cannot_apply_and_goes_on(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from fsstream import metrics
-    from fsstream.infra.definitions_follower import DefinitionsFollower
-    from fsstream.settings import Settings
-
-    follower = DefinitionsFollower(Settings(), Catalog())
-    seen: list[int] = []
-    follower.listeners.append(lambda record: seen.append(record.offset))
-
-    def refused() -> float:
-        return float(metrics.DEFINITIONS_REFUSED._value.get())
-
-    before = refused()
-    deep = ":is(" * 241 + "a" + ")" * 241
-    follower.apply(_record("element:deep", definition("element", "deep", {"selector": deep}), 0))
-    assert refused() == before + 1
-
-    def explode(*_: Any) -> None:
-        raise RuntimeError("boom")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(follower.catalog, "apply_record", explode)
-        follower.apply(_record("element:x", definition("element", "x", {"selector": "a"}), 1))
-    assert refused() == before + 2
-    assert "element:x" in caplog.text and "0/1" in caplog.text and "boom" in caplog.text
-
-    follower.apply(_record("element:ok", definition("element", "ok", {"selector": "a"}), 2))
-    assert refused() == before + 2
-    assert [d.id for d in follower.catalog.current()] == ["ok"]
-    assert seen == [0, 1, 2]

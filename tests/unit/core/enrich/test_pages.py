@@ -244,10 +244,14 @@ def test_any_text_parses_or_is_refused_with_a_definition_error(text: str) -> Non
         _JSON_VALUE | st.text(alphabet=st.sampled_from(list("htps:/[]?#&=.x%")), max_size=20),
     )
 )
-def test_any_url_object_is_read_without_error(url: dict[str, Any]) -> None:
+def test_any_url_object_is_read_and_matched_by_its_shape(url: dict[str, Any]) -> None:
     parts = url_parts(url)
-    if parts is not None:
-        parse_page_pattern("/**").matches(parts)
+    if parts is None:
+        return
+    assert parse_page_pattern("/**").matches(parts)
+    assert not parse_page_pattern("/**?parameter-never-sent").matches(parts)
+    assert parse_page_pattern("/" + "/".join(["*"] * len(parts.path))).matches(parts)
+    assert not parse_page_pattern("/" + "/".join(["*"] * (len(parts.path) + 1))).matches(parts)
 
 
 def test_an_oversized_pattern_is_refused() -> None:

@@ -365,13 +365,37 @@ def test_any_text_compiles_or_is_refused_with_a_definition_error(text: str) -> N
     path = parse_path("body > main > div#x.a.b > a.c[href=x]")
     assert path is not None
     for alternative in compiled.alternatives:
-        assert match_depth(alternative, path, len(path) - 1) >= -1
+        for index in range(len(path)):
+            expected = _reference_depth(alternative, path, index)
+            assert match_depth(alternative, path, index) == expected
+
+
+def _spelled(path: Sequence[PathElement]) -> str:
+    """A raw selector for ``path``: every token and value percent-encoded, every attribute
+    (``class`` and ``id`` included) listed, so that it reads back as ``path``."""
+    from urllib.parse import quote
+
+    def element(e: PathElement) -> str:
+        parts = [e.tag]
+        if e.id is not None:
+            parts.append("#" + quote(e.id, safe=""))
+        parts.extend("." + quote(c, safe="") for c in sorted(e.classes))
+        parts.extend(
+            f"[{name or ' '}={quote(value, safe='')}]" for name, value in e.attributes.items()
+        )
+        return "".join(parts)
+
+    return " > ".join(element(e) for e in path)
 
 
 @given(st.one_of(st.text(max_size=40), _SELECTOR_TEXT))
-def test_any_text_is_a_path_or_none(text: str) -> None:
+def test_any_text_is_a_path_that_reads_back_the_same_or_none(text: str) -> None:
     path = parse_path(text)
-    assert path is None or len(path) >= 1
+    if path is None:
+        return
+    if "[" not in text:  # outside attribute values, every ">" separates two elements
+        assert len(path) == text.count(">") + 1
+    assert parse_path(_spelled(path)) == path
 
 
 def _nested(depth: int, inner: str = "a") -> str:
