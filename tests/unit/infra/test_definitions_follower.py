@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import generate_latest
 
 from fsstream import metrics
 from fsstream.contract import codec
 from fsstream.core.enrich import Catalog
 from fsstream.devtools.processes import metric_value
-from fsstream.infra import definitions_follower
+from fsstream.infra import definitions_follower, kafka_clients
 from fsstream.infra.definitions_follower import DefinitionsFollower
 from fsstream.settings import Settings
 from tests.unit.core.enrich.test_catalog import BUTTON, definition, element, page
@@ -59,12 +60,23 @@ class TopicConsumer:
         for tp in tps:
             self.positions[tp.partition] = 0
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp.partition] = offset
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: len(self.log[tp.partition]) for tp in tps}
 
-    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int
+    ) -> dict[TopicPartition, list[Any]]:
+        wanted = {tp.partition for tp in tps} or set(self.log)
         fetched: dict[TopicPartition, list[Any]] = {}
         for number, records in self.log.items():
+            if number not in wanted:
+                continue
             position = self.positions[number]
             if position < len(records):
                 fetched[TopicPartition(TOPIC, number)] = [records[position]]
@@ -82,7 +94,7 @@ class TopicConsumer:
 
 def counted() -> tuple[float, float]:
     """(applied, refused) definition records, as the worker's metrics page shows them."""
-    text = metrics.exposition().decode()
+    text = generate_latest(metrics.REGISTRY).decode()
     return (
         metric_value(text, "fsstream_definitions_applied_total"),
         metric_value(text, "fsstream_definitions_refused_total"),
@@ -99,7 +111,11 @@ def serve_topic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         async def start(started: TopicConsumer) -> TopicConsumer:
             return started
 
-        fake = SimpleNamespace(consumer=lambda settings, **_: consumer, start=start)
+        fake = SimpleNamespace(
+            consumer=lambda settings, **_: consumer,
+            start=start,
+            read_from_beginning=kafka_clients.read_from_beginning,
+        )
         monkeypatch.setattr(definitions_follower, "kafka_clients", fake)
         return consumer
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from aiokafka.errors import ProducerFenced
-from fsstream.core.partitioning import partition_for
+from prometheus_client import generate_latest
 
 from fsstream import metrics
+from fsstream.contract.partitioning import partition_for
 from fsstream.devtools.processes import metric_value
 from fsstream.reorder.agent import OutputRecord
 from fsstream.reorder.worker import send_batches
@@ -29,7 +30,7 @@ from tests.unit.reorder.test_worker_timers import (
 
 
 def events_in() -> float:
-    return metric_value(metrics.exposition().decode(), "fsstream_events_in_total")
+    return metric_value(generate_latest(metrics.REGISTRY).decode(), "fsstream_events_in_total")
 
 
 async def test_records_are_queued_per_partition_in_order_in_full_batches() -> None:
