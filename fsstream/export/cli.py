@@ -107,8 +107,9 @@ def build(
 
     With --from, (re)build the periods of that range now, whatever the availability
     delay, but only periods that have ended. Without it, build every bundle that is
-    due and not built yet; with --every too, keep doing so, as a process of its own
-    beside the workers.
+    due and not built yet: on a new export from the first bundle that can hold a row
+    of the warehouse, events older than its first ingested hour included; with --every
+    too, keep doing so, as a process of its own beside the workers.
     """
     from fsstream.export.bundles import BuiltBundle, build_bundles, build_due
     from fsstream.infra.object_store import open_store

@@ -66,6 +66,12 @@ def check_period_length(length_ms: int) -> None:
         )
 
 
+def period_containing(ms: int, length_ms: int) -> Period:
+    """The aligned period of ``length_ms`` that holds the moment ``ms``."""
+    start = ms - ms % length_ms
+    return Period(start, start + length_ms)
+
+
 def periods_covering(start_ms: int, stop_ms: int, length_ms: int) -> list[Period]:
     """The aligned periods of ``length_ms`` that overlap ``[start_ms, stop_ms)``, in order."""
     check_period_length(length_ms)

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from fsstream.core.layout import event_file_key, hour_prefix
-from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
+from fsstream.core.timefmt import format_event_time, hour_floor_ms, parse_rfc3339_us
 from fsstream.devtools import traffic
 from fsstream.export.bundles import (
     build_bundles,
     build_due,
     bundle_key,
+    bundle_period,
+    cutoff_ms,
     due_ms,
     exportable,
     list_bundles,
     scan_hours,
 )
-from fsstream.export.config import DAY_MS, HOUR_MS, ExportConfig, Period
+from fsstream.export.config import DAY_MS, HOUR_MS, ExportConfig, Period, period_containing
 from fsstream.infra.object_store import LocalStore
 from fsstream.sink.parquet_format import serialize_events
 
@@ -338,3 +344,223 @@ async def test_overlapping_bundles_are_listed_once(store: LocalStore) -> None:
         str(DAY // 1000 * 100 + 48),
         str((DAY + DAY_MS) // 1000 * 100 + 12),
     ]
+
+
+# -- which bundle holds a row ------------------------------------------------------------
+
+CONFIGS = [
+    CONFIG,
+    ExportConfig(org_id=ORG),
+    ExportConfig(
+        org_id=ORG, period_ms=1_800_000, availability_delay_ms=0, allowed_lateness_ms=HOUR_MS
+    ),
+    ExportConfig(
+        org_id=ORG, period_ms=2 * HOUR_MS, availability_delay_ms=3 * HOUR_MS, lookback_ms=HOUR_MS
+    ),
+]
+
+
+def previous(period: Period) -> Period:
+    return Period(period.start_ms - period.length_ms, period.start_ms)
+
+
+@st.composite
+def rows_in_time(draw: st.DrawFn, config: ExportConfig) -> tuple[int, int]:
+    """An event time and its ingested time: ingested at most the lookback before the event
+    (clock skew past it is refused upstream), and up to days after it."""
+    event_ms = draw(st.integers(DAY, DAY + 2 * DAY_MS))
+    ingested_ms = draw(st.integers(event_ms - config.lookback_ms, event_ms + 4 * DAY_MS))
+    return event_ms, ingested_ms
+
+
+@given(st.data())
+def test_a_row_belongs_to_the_first_bundle_reading_its_hour_from_its_own_period_on(
+    data: st.DataObject,
+) -> None:
+    config = data.draw(st.sampled_from(CONFIGS))
+    event_ms, ingested_ms = data.draw(rows_in_time(config))
+    own = period_containing(event_ms, config.period_ms)
+    held_by = bundle_period(event_ms, ingested_ms, config)
+    assert held_by >= own and held_by.length_ms == config.period_ms
+    assert hour_floor_ms(ingested_ms) in scan_hours(held_by, held_by, config)
+    assert ingested_ms < cutoff_ms(held_by, config)
+    # No earlier bundle from its own period on reads its hour.
+    if held_by != own:
+        assert cutoff_ms(previous(held_by), config) <= ingested_ms
+    # Once the bundle is due, no row it holds can still arrive.
+    assert due_ms(held_by, config) >= cutoff_ms(held_by, config) + config.allowed_lateness_ms
+
+
+async def build_everything(
+    store: LocalStore, config: ExportConfig, last: Period
+) -> dict[str, bytes]:
+    built = await build_bundles(store, config, start_ms=DAY, stop_ms=last.stop_ms, now_ms=NOW)
+    return {b.key: await store.get(b.key) or b"" for b in built}
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    config=st.sampled_from(CONFIGS[::3]),
+    times=st.lists(
+        st.tuples(
+            st.integers(0, 2 * DAY_MS),
+            st.integers(-20, 72).map(lambda hours: hours * HOUR_MS + 1),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    sealed_at=st.integers(0, 3 * DAY_MS),
+)
+@example(config=CONFIG, times=[(0, 2 * DAY_MS), (HOUR_MS, 0), (DAY_MS, 30 * HOUR_MS)], sealed_at=0)
+@example(config=CONFIGS[3], times=[(0, 2 * HOUR_MS), (3 * HOUR_MS, 9 * HOUR_MS)], sealed_at=DAY_MS)
+def test_each_live_row_is_in_exactly_one_bundle_and_bundles_never_change_once_sealed(
+    config: ExportConfig, times: list[tuple[int, int]], sealed_at: int
+) -> None:
+    """Rows ingested up to ``sealed_at`` first; the bundles whose cutoff is by then are the
+    same bytes after the rest arrives, and every row ends up in exactly one bundle."""
+    rows = [
+        (DAY + at, DAY + at + min(max(delay, -config.lookback_ms), 3 * DAY_MS))
+        for at, delay in times
+    ]
+    last = max(bundle_period(at, ingested, config) for at, ingested in rows)
+
+    async def scenario(store: LocalStore) -> None:
+        async def write_rows(selected: list[int], offset: int) -> None:
+            by_hour: dict[int, list[dict[str, Any]]] = {}
+            for n in selected:
+                at, ingested = rows[n]
+                by_hour.setdefault(hour_floor_ms(ingested), []).append(
+                    event(f"e{n}", at, device=n + 1)
+                )
+            for hour, hour_rows in by_hour.items():
+                await write(store, hour, hour_rows, offset)
+
+        first = [n for n, (_, ingested) in enumerate(rows) if ingested < DAY + sealed_at]
+        await write_rows(first, 0)
+        before = await build_everything(store, config, last)
+        await write_rows([n for n in range(len(rows)) if n not in first], 1)
+        after = await build_everything(store, config, last)
+        assert await build_everything(store, config, last) == after
+        for key, data in before.items():
+            period = next(b.period for b in await list_bundles(store, ORG) if b.key == key)
+            if cutoff_ms(period, config) <= hour_floor_ms(DAY + sealed_at):
+                assert after[key] == data, period
+        held: dict[int, Period] = {}
+        for bundle in await list_bundles(store, ORG):
+            for exported in await bundle_events(store, bundle.period):
+                assert exported["UserId"] not in held, "exported twice"
+                held[exported["UserId"]] = bundle.period
+        assert held == {
+            n + 1: bundle_period(at, ingested, config) for n, (at, ingested) in enumerate(rows)
+        }
+
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(scenario(LocalStore(Path(root))))
+
+
+async def test_a_row_ingested_after_its_bundle_is_built_goes_to_a_later_bundle(
+    store: LocalStore,
+) -> None:
+    start = FIRST.start_ms
+    await write(store, start, [event("on-time", start + 1, device=1)])
+    await build_bundles(store, CONFIG, start_ms=start, stop_ms=FIRST.stop_ms, now_ms=NOW)
+    first = await store.get(bundle_key(ORG, FIRST))
+    late_hour = cutoff_ms(FIRST, CONFIG)
+    await write(store, late_hour, [event("late", start + 2, device=2)])
+    held_by = bundle_period(start + 2, late_hour, CONFIG)
+    assert held_by == Period(FIRST.stop_ms, FIRST.stop_ms + SIX_HOURS)
+    await build_bundles(store, CONFIG, start_ms=start, stop_ms=held_by.stop_ms, now_ms=NOW)
+    assert await store.get(bundle_key(ORG, FIRST)) == first
+    late = await bundle_events(store, held_by)
+    # Listed in the later bundle with its own, older, event time.
+    assert [(e["UserId"], e["EventStart"]) for e in late] == [(2, "2024-01-01T00:00:00.002Z")]
+
+
+def reemitted(row: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """The reorderer's corrected copy of ``row``: same content, a new id."""
+    return {**row, "event_id": event_id, "processed_time": format_event_time(NOW * 1000)}
+
+
+def nulled(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as the sink rewrites it once superseded."""
+    return {**row, "event_type": None, "updated_time": NOW}
+
+
+@pytest.mark.parametrize("append", [False, True], ids=["recreated-file", "appended-null-row"])
+async def test_a_copy_of_an_event_a_listed_bundle_holds_is_not_exported_again(
+    store: LocalStore, append: bool
+) -> None:
+    start = FIRST.start_ms
+    kept, superseded = event("kept", start + 1), event("s", start + 10, device=2)
+    key = await write(store, start, [kept, superseded])
+    await build_bundles(store, CONFIG, start_ms=start, stop_ms=FIRST.stop_ms, now_ms=NOW)
+    assert [e["UserId"] for e in await bundle_events(store, FIRST)] == [1, 2]
+    # After the build, a late event lands before "s": the old row is superseded, and
+    # its copy and the late event arrive in a later hour.
+    late_hour = cutoff_ms(FIRST, CONFIG) + HOUR_MS
+    late_rows = [event("x", start + 5, device=2), reemitted(superseded, "s2")]
+    if append:
+        late_rows.append(nulled(superseded))
+    else:
+        await store.put(key, serialize_events([kept, nulled(superseded)]))
+    await write(store, late_hour, late_rows)
+    held_by = bundle_period(start + 5, late_hour, CONFIG)
+    assert held_by > FIRST
+    await build_bundles(store, CONFIG, start_ms=FIRST.stop_ms, stop_ms=held_by.stop_ms, now_ms=NOW)
+    assert [e["EventStart"] for e in await bundle_events(store, held_by)] == [
+        "2024-01-01T00:00:00.005Z"
+    ]
+    # Superseded once more, later still: the event is still held by the first bundle.
+    later_hour = cutoff_ms(held_by, CONFIG)
+    await write(store, later_hour, [event("y", start + 7, device=2), reemitted(superseded, "s3")])
+    again = bundle_period(start + 7, later_hour, CONFIG)
+    assert again > held_by
+    await build_bundles(store, CONFIG, start_ms=again.start_ms, stop_ms=again.stop_ms, now_ms=NOW)
+    assert [e["EventStart"] for e in await bundle_events(store, again)] == [
+        "2024-01-01T00:00:00.007Z"
+    ]
+
+
+async def test_a_copy_of_an_event_superseded_before_its_bundle_was_built_is_exported(
+    store: LocalStore,
+) -> None:
+    start = FIRST.start_ms
+    kept, superseded = event("kept", start + 1), event("s", start + 10, device=2)
+    await write(store, start, [kept, nulled(superseded)])
+    late_hour = cutoff_ms(FIRST, CONFIG)
+    await write(store, late_hour, [event("x", start + 5, device=2), reemitted(superseded, "s2")])
+    held_by = bundle_period(start + 5, late_hour, CONFIG)
+    await build_bundles(store, CONFIG, start_ms=start, stop_ms=held_by.stop_ms, now_ms=NOW)
+    assert [e["UserId"] for e in await bundle_events(store, FIRST)] == [1]
+    assert [e["EventStart"] for e in await bundle_events(store, held_by)] == [
+        "2024-01-01T00:00:00.005Z",
+        "2024-01-01T00:00:00.010Z",
+    ]
+
+
+async def test_a_late_row_has_the_context_its_bundle_reads(store: LocalStore) -> None:
+    """Page totals and console counts of a late row come from its page's rows the bundle
+    reads; its user from the identify events read."""
+    start = FIRST.start_ms
+    late_hour = cutoff_ms(FIRST, CONFIG)
+    held_by = bundle_period(start, late_hour, CONFIG)
+    error = {"console_message_level": "error", "message": "x"}
+    identify = {"user_id": "u1", "user_email": "a@x"}
+    await write(
+        store,
+        late_hour,
+        [
+            event("late-click", start + 20_000),
+            event("late-error", start + 10_000, event_type="console_message", properties=error),
+            event("late-nav", start, event_type="navigate"),
+            event(
+                "identify", held_by.start_ms + 1, event_type="identify", view=2, properties=identify
+            ),
+        ],
+    )
+    await build_bundles(store, CONFIG, start_ms=start, stop_ms=held_by.stop_ms, now_ms=NOW)
+    assert await bundle_events(store, FIRST) == []
+    events = await bundle_events(store, held_by)
+    assert [e["EventType"] for e in events] == ["navigate", "console_message", "click", "uservar"]
+    click = events[2]
+    assert (click["PageDuration"], click["PageNumErrors"], click["UserEmail"]) == (20_000, 1, "a@x")

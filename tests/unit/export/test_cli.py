@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 from pathlib import Path
 
 import orjson
@@ -98,3 +99,50 @@ def test_durations() -> None:
     assert parse_duration_ms("30m") == 1_800_000
     assert parse_duration_ms("1h30m") == 5_400_000
     assert parse_duration_ms("1d") == parse_duration_ms("24h") == parse_duration_ms("86400")
+
+
+def test_build_without_a_range_exports_events_older_than_the_first_ingested_hour(
+    tmp_path: Path,
+) -> None:
+    """A warehouse loaded at once with days of history: every event is in one bundle."""
+    store = LocalStore(tmp_path / "lake")
+    loaded_at = DAY + 7 * HOUR_MS
+    times = [DAY - 3 * 24 * HOUR_MS, DAY - 30 * HOUR_MS, DAY - 5 * HOUR_MS, DAY + 6 * HOUR_MS]
+    rows = [
+        {
+            "event_id": f"e{n}",
+            "event_time": format_event_time(at * 1000),
+            "processed_time": format_event_time(loaded_at * 1000),
+            "updated_time": None,
+            "device_id": n + 1,
+            "session_id": 8,
+            "view_id": 9,
+            "event_type": "click",
+            "event_properties": "{}",
+            "source_type": "web",
+            "source_properties": "{}",
+        }
+        for n, at in enumerate(times)
+    ]
+    for hour in (loaded_at, loaded_at + HOUR_MS):
+        key = event_file_key(ORG, hour, "events", 0, hour)
+        asyncio.run(store.put(key, serialize_events(rows[:2] if hour == loaded_at else rows[2:])))
+    env = {
+        "FSSTREAM_WAREHOUSE_URL": f"file://{tmp_path / 'lake'}",
+        "FSSTREAM_ORG_ID": ORG,
+        "FSSTREAM_EXPORT_PERIOD_S": "43200",
+    }
+    # Every row is in the first bundles: the limit only spares building the years since.
+    result = CliRunner().invoke(export, ["build", "--limit", "6"], env=env)
+    assert result.exit_code == 0, result.output
+    bundles = asyncio.run(list_bundles(store, ORG))
+    # The first bundle still reading the load's hour (its cutoff is 23 h after its end),
+    # through the last due one, with no gap.
+    assert bundles[0].period.start_ms == DAY - 24 * HOUR_MS
+    assert all(a.period.stop_ms == b.period.start_ms for a, b in itertools.pairwise(bundles))
+    exported = []
+    for bundle in bundles:
+        data = asyncio.run(store.get(bundle.key))
+        assert data is not None
+        exported += [event["UserId"] for event in orjson.loads(gzip.decompress(data))]
+    assert sorted(exported) == [1, 2, 3, 4]
