@@ -24,6 +24,7 @@ from fsstream.contract.wire import (
     SUPERSEDED_BY_HEADER,
     VIEW_HEADER,
     Headers,
+    Record,
     headers_of,
 )
 from fsstream.core.partitioning import partition_for
@@ -56,7 +57,7 @@ def raw_limits(settings: Settings) -> Limits:
     )
 
 
-def is_heartbeat(record: Any) -> bool:
+def is_heartbeat(record: Record) -> bool:
     """Exactly what the worker writes: no key, an empty value, the one heartbeat header."""
     return (
         record.key is None
@@ -131,7 +132,7 @@ class ReorderAgent:
 
     # -- one batch ------------------------------------------------------------------
 
-    def check(self, record: Any) -> tuple[str, RawRecord]:
+    def check(self, record: Record) -> tuple[str, RawRecord]:
         value = record.value
         if value is None:
             raise InvalidRecord("the record has a null value")
@@ -144,7 +145,7 @@ class ReorderAgent:
         view_key, events = check_batch(batch, key, record.timestamp, self.limits)
         return view_key, RawRecord(record.timestamp, batch["ingested_time"], events, len(value))
 
-    async def process(self, order: PartitionOrder, records: list[Any]) -> BatchOutput:
+    async def process(self, order: PartitionOrder, records: list[Record]) -> BatchOutput:
         """Order one partition's records (in offset order); build what to publish."""
         out = BatchOutput()
         emissions: list[Emission] = []

@@ -34,6 +34,7 @@ from aiokafka.errors import ProducerFenced
 
 from fsstream import metrics
 from fsstream.contract.topics import STATE_RECORD_MAX_BYTES, create_topics
+from fsstream.contract.wire import Record
 from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
 from fsstream.infra import kafka_clients
@@ -241,7 +242,7 @@ class ReorderWorker:
                 log.exception("consume loop: retrying in 1 s")
                 await asyncio.sleep(1.0)
 
-    async def _batch(self, number: int, records: list[Any]) -> None:
+    async def _batch(self, number: int, records: list[Record]) -> None:
         owned = self.owned[number]
         records = [r for r in records if r.offset >= owned.next_offset]
         if not records:
