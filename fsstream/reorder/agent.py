@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fsstream import metrics
 from fsstream.contract import codec
@@ -40,8 +40,19 @@ log = logging.getLogger(__name__)
 Enricher = Callable[[RawEvent, int], tuple[dict[str, Any], dict[str, Any]]]
 """(event, raw record timestamp ms) → enriched (event_properties, source_properties)."""
 
-OutputRecord = tuple[int, bytes | None, bytes | None, Headers]
-"""(partition, key, value (None: a tombstone), headers)."""
+
+class OutputRecord(NamedTuple):
+    """A record to publish, with the partition it goes to."""
+
+    partition: int
+    """The partition of the topic it goes to."""
+    key: bytes | None
+    """The record key."""
+    value: bytes | None
+    """The record value; None for a tombstone."""
+    headers: Headers
+    """The record headers."""
+
 
 ROW_VALUE_LIMIT = 1_000_000
 """The largest row value published: the broker's default record limit is 1 MiB, and a row
@@ -238,7 +249,7 @@ class ReorderAgent:
                     timed.add(emission.offset)
                     metrics.RAW_TO_OUT_LATENCY.observe(max(0, now_ms - record.timestamp_ms) / 1000)
             out.events.append(
-                (
+                OutputRecord(
                     self.output_partition(emission.view_key),
                     emission.event_id.encode(),
                     value,

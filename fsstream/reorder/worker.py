@@ -293,13 +293,13 @@ class ReorderWorker:
             await send_batches(
                 producer,
                 self.settings.topic_dlq,
-                [(0, key, value, headers) for key, value, headers in output.dlq],
+                [OutputRecord(0, key, value, headers) for key, value, headers in output.dlq],
             )
         )
         changelog = await send_batches(
             producer,
             self.settings.topic_views_changelog,
-            [(number, key, value, []) for key, value in changes],
+            [OutputRecord(number, key, value, []) for key, value in changes],
             counted=True,
         )
         await asyncio.gather(*sends)
@@ -491,7 +491,7 @@ async def send_batches(
     """
     by_partition: dict[int, list[OutputRecord]] = {}
     for record in records:
-        by_partition.setdefault(record[0], []).append(record)
+        by_partition.setdefault(record.partition, []).append(record)
     out: list[Any] = []
     for partition, items in by_partition.items():
         batch = producer.create_batch()
