@@ -31,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 from fsstream import metrics
 from fsstream.contract.topics import STATE_RECORD_MAX_BYTES, create_topics
@@ -287,7 +288,7 @@ class ReorderWorker:
         producer = owned.producer
         began = time.monotonic()
         await producer.begin_transaction()
-        sends: list[Awaitable[Any]] = []
+        sends: list[Awaitable[RecordMetadata]] = []
         sends.extend(await send_batches(producer, self.settings.topic_events, output.events))
         sends.extend(
             await send_batches(
@@ -421,7 +422,7 @@ class ReorderWorker:
                 fetch_max_bytes=STATE_RECORD_MAX_BYTES * 2,
             )
         )
-        options: dict[str, Any] = {
+        options: dict[str, str | int] = {
             "group_id": self.group_id,
             "client_id": self.group_id,
             "max_poll_records": self.settings.reorder_batch_records,

@@ -162,7 +162,7 @@ class SinkService:
             self.settings, client_id=f"{self.settings.app_id}-sink-dlq"
         )
         await self.dlq.start()
-        options: dict[str, Any] = {
+        options: dict[str, str | int] = {
             "group_id": f"{self.settings.app_id}-sink",
             "client_id": f"{self.settings.app_id}-sink",
             "max_poll_records": 5_000,
