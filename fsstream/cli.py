@@ -7,7 +7,8 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, BinaryIO
 
 import click
 import orjson
@@ -58,7 +59,7 @@ def _connection_failure(ctx: click.Context, error: Exception) -> str:
     return Redactor(settings.secret_values())(f"no connection to Kafka at {where}: {reason}")
 
 
-def _echo_json(obj: Any) -> None:
+def _echo_json(obj: object) -> None:
     sys.stdout.buffer.write(orjson.dumps(obj, default=str) + b"\n")
     sys.stdout.flush()
 
@@ -132,7 +133,7 @@ def topics_create(ctx: click.Context) -> None:
 @click.pass_context
 def produce(
     ctx: click.Context,
-    source: Any,
+    source: BinaryIO,
     batch_size: int,
     ingested_time: int | None,
     send_refused: bool,
@@ -243,7 +244,7 @@ def definitions() -> None:
 @definitions.command("load")
 @click.argument("source", type=click.File("rb"), default="-")
 @click.pass_context
-def definitions_load(ctx: click.Context, source: Any) -> None:
+def definitions_load(ctx: click.Context, source: BinaryIO) -> None:
     """Check definitions (JSON array, object or NDJSON) and produce them all, or none."""
     from fsstream.commands.load_definitions import DefinitionFileError, load, parse_file
 
@@ -280,7 +281,7 @@ def kafka_start() -> None:
     click.echo(f"export FSSTREAM_BROKER_URL=kafka://{broker.bootstrap}")
     stop = False
 
-    def _stop(*_: Any) -> None:
+    def _stop(_signal: int, _frame: FrameType | None) -> None:
         nonlocal stop
         stop = True
 

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.types import Schema as AvroSchema
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -68,12 +69,12 @@ class Schema:
     """A parsed Avro schema with its single-object header."""
 
     name: str
-    parsed: Any
+    parsed: AvroSchema
     fingerprint: bytes
     header: bytes
     writer: Callable[[dict[str, Any]], bytes] | None = None
     reader: Callable[[bytes], dict[str, Any]] | None = None
-    resolved_to: Any = None
+    resolved_to: AvroSchema | None = None
     """For a writer version: today's parsed schema, which its bodies are resolved to."""
 
 
@@ -335,7 +336,7 @@ def _flat_reader(parsed: Any, resolved_to: Any = None) -> Callable[[bytes], dict
     return read
 
 
-def _parsed(document: dict[str, Any]) -> tuple[Any, bytes]:
+def _parsed(document: dict[str, Any]) -> tuple[AvroSchema, bytes]:
     """A standalone schema document parsed, and its fingerprint."""
     parsed = parse_schema(document, named_schemas={})
     # fastavro gives the CRC-64-AVRO fingerprint's bytes little-endian, as the spec stores them.

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
 from fsstream import metrics
-from fsstream.contract.wire import ERROR_HEADER, SOURCE_HEADER, Headers, headers_of
+from fsstream.contract.wire import ERROR_HEADER, SOURCE_HEADER, Headers, Record, headers_of
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def dead_letter(
     return key, value, kept + own
 
 
-def dead_letter_of(record: Any, error: Exception) -> DeadLetter:
+def dead_letter_of(record: Record, error: Exception) -> DeadLetter:
     """The DLQ record of a consumed record that failed with ``error``, bytes unchanged."""
     return dead_letter(
         record.key,

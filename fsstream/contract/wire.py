@@ -6,7 +6,8 @@ tail and export read them.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 VIEW_HEADER = "fs-view"
 """Every produced record: the view key ``device:session:view``."""
@@ -26,17 +27,37 @@ SOURCE_HEADER = "fs-source"
 Headers = list[tuple[str, bytes]]
 
 
-def headers_of(message: Any) -> Headers:
+class Record(Protocol):
+    """A consumed Kafka record, as the workers read it: what aiokafka's ``ConsumerRecord``
+    has, and all a test needs to stand in for one."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch."""
+        ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def headers_of(message: Record) -> Headers:
     """A consumer record's headers as a list of (name, value), whatever the client gave."""
     headers = message.headers or []
     if isinstance(headers, dict):
         return list(headers.items())
     return list(headers)
-
-
-def header(message: Any, name: str) -> bytes | None:
-    """The first value of header ``name``, or None."""
-    for key, value in headers_of(message):
-        if key == name:
-            return bytes(value)
-    return None

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 
-def json_depth(value: Any, stop_past: int | None = None) -> int:
+def json_depth(value: object, stop_past: int | None = None) -> int:
     """Levels of arrays and objects in ``value`` (a scalar is 0, ``{}`` is 1).
 
     With ``stop_past``, the walk ends as soon as the depth passes it.
     """
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Iterable[object] = item.values()
         elif isinstance(item, list):
             children = item
         else:

@@ -323,7 +323,7 @@ async def publish_cost(
     producer = kafka_clients.producer(settings, **options)
     value = b"x" * 300
     records: list[OutputRecord] = [
-        (n % settings.events_partitions, b"%d" % n, value, []) for n in range(rows)
+        OutputRecord(n % settings.events_partitions, b"%d" % n, value, []) for n in range(rows)
     ]
     raw = TopicPartition(settings.topic_raw, 0)
     await producer.start()

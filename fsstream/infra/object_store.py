@@ -23,10 +23,11 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import aiohttp
 import botocore.exceptions
+from aiobotocore.client import AioBaseClient
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from pydantic import SecretStr
@@ -50,6 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 OnRetry = Callable[[str, int, BaseException], None]
 """Called before each retry with the operation, the failed attempt's number and its error."""
 Sleep = Callable[[float], Awaitable[None]]
@@ -152,7 +154,7 @@ class LocalStore:
         _check_key(key)
         return self.root / key
 
-    async def _run(self, operation: str, key: str, call: Callable[..., T], *args: Any) -> T:
+    async def _run(self, operation: str, key: str, call: Callable[[*Args], T], *args: *Args) -> T:
         try:
             return await asyncio.to_thread(call, *args)
         except OSError as error:
@@ -364,7 +366,7 @@ class S3Store:
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
         )
-        self._s3: Any = None
+        self._s3: AioBaseClient | None = None
         self._client_lock = asyncio.Lock()
         self._exit_stack = contextlib.AsyncExitStack()
 
@@ -384,7 +386,7 @@ class S3Store:
     async def get(self, key: str) -> bytes | None:
         full = self._full_key(key)
 
-        async def fetch(s3: Any) -> bytes | None:
+        async def fetch(s3: AioBaseClient) -> bytes | None:
             try:
                 response = await s3.get_object(Bucket=self.bucket, Key=full)
             except botocore.exceptions.ClientError as error:
@@ -465,13 +467,13 @@ class S3Store:
     ) -> dict[str, Any]:
         """The S3 API call ``operation`` on this bucket, through ``_call``."""
 
-        async def send(s3: Any) -> dict[str, Any]:
+        async def send(s3: AioBaseClient) -> dict[str, Any]:
             response: dict[str, Any] = await getattr(s3, operation)(Bucket=self.bucket, **params)
             return response
 
         return await self._call(operation, key, send, attempts=attempts)
 
-    async def _client(self) -> Any:
+    async def _client(self) -> AioBaseClient:
         if self._s3 is None:
             async with self._client_lock:
                 if self._s3 is None:
@@ -491,7 +493,7 @@ class S3Store:
         self,
         operation: str,
         key: str,
-        request: Callable[[Any], Awaitable[T]],
+        request: Callable[[AioBaseClient], Awaitable[T]],
         *,
         attempts: int | None = None,
     ) -> T:

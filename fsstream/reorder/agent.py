@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fsstream import metrics
 from fsstream.contract import codec
@@ -25,6 +25,7 @@ from fsstream.contract.wire import (
     SUPERSEDED_BY_HEADER,
     VIEW_HEADER,
     Headers,
+    Record,
     headers_of,
 )
 from fsstream.core.raw import InvalidRecord, Limits, OversizedRecord, RawEvent, check_batch, to_row
@@ -39,8 +40,19 @@ log = logging.getLogger(__name__)
 Enricher = Callable[[RawEvent, int], tuple[dict[str, Any], dict[str, Any]]]
 """(event, raw record timestamp ms) → enriched (event_properties, source_properties)."""
 
-OutputRecord = tuple[int, bytes | None, bytes | None, Headers]
-"""(partition, key, value (None: a tombstone), headers)."""
+
+class OutputRecord(NamedTuple):
+    """A record to publish, with the partition it goes to."""
+
+    partition: int
+    """The partition of the topic it goes to."""
+    key: bytes | None
+    """The record key."""
+    value: bytes | None
+    """The record value; None for a tombstone."""
+    headers: Headers
+    """The record headers."""
+
 
 ROW_VALUE_LIMIT = 1_000_000
 """The largest row value published: the broker's default record limit is 1 MiB, and a row
@@ -56,7 +68,7 @@ def raw_limits(settings: Settings) -> Limits:
     )
 
 
-def is_heartbeat(record: Any) -> bool:
+def is_heartbeat(record: Record) -> bool:
     """Exactly what the worker writes: no key, an empty value, the one heartbeat header."""
     return (
         record.key is None
@@ -131,7 +143,7 @@ class ReorderAgent:
 
     # -- one batch ------------------------------------------------------------------
 
-    def check(self, record: Any) -> tuple[str, RawRecord]:
+    def check(self, record: Record) -> tuple[str, RawRecord]:
         value = record.value
         if value is None:
             raise InvalidRecord("the record has a null value")
@@ -144,7 +156,7 @@ class ReorderAgent:
         view_key, events = check_batch(batch, key, record.timestamp, self.limits)
         return view_key, RawRecord(record.timestamp, batch["ingested_time"], events, len(value))
 
-    async def process(self, order: PartitionOrder, records: list[Any]) -> BatchOutput:
+    async def process(self, order: PartitionOrder, records: list[Record]) -> BatchOutput:
         """Order one partition's records (in offset order); build what to publish."""
         out = BatchOutput()
         emissions: list[Emission] = []
@@ -237,7 +249,7 @@ class ReorderAgent:
                     timed.add(emission.offset)
                     metrics.RAW_TO_OUT_LATENCY.observe(max(0, now_ms - record.timestamp_ms) / 1000)
             out.events.append(
-                (
+                OutputRecord(
                     self.output_partition(emission.view_key),
                     emission.event_id.encode(),
                     value,

@@ -12,7 +12,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -36,15 +36,23 @@ DECODED_OVERHEAD = 5
 """A decoded raw record takes about five times its encoded size in memory (measured on
 generated traffic: parsed property dicts and per-event objects)."""
 
-LoggedRecord = tuple[int, bytes, bytes | None]
-"""(timestamp ms, value, key) of a raw record."""
+
+class LoggedRecord(NamedTuple):
+    """A raw record as read back from the raw topic."""
+
+    timestamp_ms: int
+    """The record's Kafka timestamp."""
+    value: bytes
+    """The encoded raw event batch."""
+    key: bytes | None
+    """The record key: the view key."""
 
 
 class RawLog(Protocol):
     """Random access to raw records by partition and offset."""
 
     async def read(self, partition: int, offsets: list[int]) -> dict[int, LoggedRecord]:
-        """(timestamp ms, value, key) of each offset that still exists."""
+        """The record at each offset that still exists."""
         ...
 
 
@@ -91,7 +99,9 @@ class KafkaRawLog:
                     records = batch.get(tp, [])
                     for record in records:
                         if record.offset in wanted and record.value is not None:
-                            found[record.offset] = (record.timestamp, record.value, record.key)
+                            found[record.offset] = LoggedRecord(
+                                record.timestamp, record.value, record.key
+                            )
                     if offset in found or (records and records[-1].offset >= offset):
                         break
         return found

@@ -21,9 +21,9 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from fsstream.core.reorder import ViewState
@@ -216,7 +216,7 @@ async def catch_up(
     applied = 0
     position = checkpoint
     while position < end:
-        fetched: dict[Any, list[Any]] = await consumer.getmany(
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
             tp, timeout_ms=1_000, max_records=10_000
         )
         batch = WriteBatch(raw_mode=True)

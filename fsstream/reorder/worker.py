@@ -31,9 +31,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 from fsstream import metrics
 from fsstream.contract.topics import STATE_RECORD_MAX_BYTES, create_topics
+from fsstream.contract.wire import Record
 from fsstream.core.enrich import Catalog, enrich
 from fsstream.core.raw import RawEvent
 from fsstream.infra import kafka_clients
@@ -241,7 +243,7 @@ class ReorderWorker:
                 log.exception("consume loop: retrying in 1 s")
                 await asyncio.sleep(1.0)
 
-    async def _batch(self, number: int, records: list[Any]) -> None:
+    async def _batch(self, number: int, records: list[Record]) -> None:
         owned = self.owned[number]
         records = [r for r in records if r.offset >= owned.next_offset]
         if not records:
@@ -286,19 +288,19 @@ class ReorderWorker:
         producer = owned.producer
         began = time.monotonic()
         await producer.begin_transaction()
-        sends: list[Awaitable[Any]] = []
+        sends: list[Awaitable[RecordMetadata]] = []
         sends.extend(await send_batches(producer, self.settings.topic_events, output.events))
         sends.extend(
             await send_batches(
                 producer,
                 self.settings.topic_dlq,
-                [(0, key, value, headers) for key, value, headers in output.dlq],
+                [OutputRecord(0, key, value, headers) for key, value, headers in output.dlq],
             )
         )
         changelog = await send_batches(
             producer,
             self.settings.topic_views_changelog,
-            [(number, key, value, []) for key, value in changes],
+            [OutputRecord(number, key, value, []) for key, value in changes],
             counted=True,
         )
         await asyncio.gather(*sends)
@@ -420,7 +422,7 @@ class ReorderWorker:
                 fetch_max_bytes=STATE_RECORD_MAX_BYTES * 2,
             )
         )
-        options: dict[str, Any] = {
+        options: dict[str, str | int] = {
             "group_id": self.group_id,
             "client_id": self.group_id,
             "max_poll_records": self.settings.reorder_batch_records,
@@ -490,7 +492,7 @@ async def send_batches(
     """
     by_partition: dict[int, list[OutputRecord]] = {}
     for record in records:
-        by_partition.setdefault(record[0], []).append(record)
+        by_partition.setdefault(record.partition, []).append(record)
     out: list[Any] = []
     for partition, items in by_partition.items():
         batch = producer.create_batch()

@@ -39,6 +39,7 @@ from fsstream.contract.wire import (
     ROW_INGESTED_HEADER,
     SUPERSEDED_BY_HEADER,
     VIEW_HEADER,
+    Record,
     headers_of,
 )
 from fsstream.core.layout import event_file_key, hour_of, manifest_key, seal_marker_key
@@ -68,7 +69,7 @@ NULL_ROW_BYTES = 200
 """What a row without a value (a NULL row, a tombstone) counts towards the byte budget."""
 
 
-Reject = Callable[[Any, Exception], Awaitable[None]]
+Reject = Callable[[Record, Exception], Awaitable[None]]
 """Called with a message that cannot be written and why; it is acknowledged afterwards."""
 
 
@@ -87,7 +88,7 @@ class TombstoneOf:
     superseded_at_ms: int | None
 
 
-def _ms(value: Any, name: str) -> int:
+def _ms(value: object, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TIME_MS:
         raise UnwritableRow(f"{name} {str(value)[:40]} is not a time the warehouse can hold")
     return value
@@ -131,7 +132,7 @@ def parse_tombstone(key: bytes | None, headers: dict[str, bytes]) -> TombstoneOf
     return TombstoneOf(event_id, hour_of(ingested), ids, event_time, superseded_ms)
 
 
-async def _log_rejected(message: Any, error: Exception) -> None:
+async def _log_rejected(message: Record, error: Exception) -> None:
     log.warning(
         "%s/%d/%d not written: %s: %s",
         message.topic,
@@ -181,7 +182,7 @@ class HourBuffer:
 
     columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
     offsets: list[int] = field(default_factory=list)
-    messages: list[Any] = field(default_factory=list)
+    messages: list[Record] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
     """Live rows: event id → position."""
     nulls: set[str] = field(default_factory=set)
@@ -197,7 +198,7 @@ class HourBuffer:
         return event_id in self.nulls if null else event_id in self.positions
 
     def add(
-        self, offset: int, row: dict[str, Any], message: Any, size: int, null: bool = False
+        self, offset: int, row: dict[str, Any], message: Record, size: int, null: bool = False
     ) -> None:
         if null:
             self.nulls.add(row["event_id"])
@@ -209,7 +210,7 @@ class HourBuffer:
         self.messages.append(message)
         self.size += size
 
-    def drop(self, event_id: str) -> Any | None:
+    def drop(self, event_id: str) -> Record | None:
         """Drop the row of ``event_id``; return its message, None if it is not here."""
         position = self.positions.pop(event_id, None)
         if position is None:
@@ -245,7 +246,7 @@ class PartitionSink:
     buffers: dict[int, HourBuffer] = field(default_factory=dict)
     checked: set[int] = field(default_factory=set)
     ids: dict[int, HourIds] = field(default_factory=dict)
-    unacked: deque[Any] = field(default_factory=deque)
+    unacked: deque[Record] = field(default_factory=deque)
     durable: set[int] = field(default_factory=set)
     newest_ms: int = 0
 
@@ -258,7 +259,7 @@ class SinkAgent:
         settings: Settings,
         store: ObjectStore,
         ledgers: Ledgers,
-        ack: Callable[[Any], None],
+        ack: Callable[[Record], None],
         clock: Callable[[], float] = time.time,
         reject: Reject = _log_rejected,
     ) -> None:
@@ -270,7 +271,7 @@ class SinkAgent:
         self.clock = clock
         self.lock = asyncio.Lock()
         self.partitions: dict[int, PartitionSink] = {}
-        self.rewrites: dict[str, tuple[int, int, set[str], list[Any]]] = {}
+        self.rewrites: dict[str, tuple[int, int, set[str], list[Record]]] = {}
         self._size = 0  # bytes in buffers
         self._held = 0  # bytes of durable messages waiting for an earlier one to be acknowledged
         self.peak_bytes = 0  # the most buffered and held at once, budget checks included
@@ -302,7 +303,7 @@ class SinkAgent:
 
     # -- incoming -------------------------------------------------------------------
 
-    async def process(self, messages: Sequence[Any]) -> None:
+    async def process(self, messages: Sequence[Record]) -> None:
         """Buffer rows and apply tombstones; write buffers as soon as a budget is exceeded,
         so neither a file nor the memory held ever goes past its budget by more than a row.
 
@@ -315,7 +316,7 @@ class SinkAgent:
                     sink = await self._open(message.partition, message.offset)
                 sink.unacked.append(message)
                 try:  # what the record holds is checked before any I/O
-                    parsed: Any = (
+                    parsed: TombstoneOf | tuple[dict[str, Any], int] = (
                         parse_tombstone(message.key, dict(headers_of(message)))
                         if message.value is None
                         else parse_row(message.value)
@@ -341,16 +342,16 @@ class SinkAgent:
             self._observe()
 
     async def _row(
-        self, sink: PartitionSink, message: Any, row: dict[str, Any], hour: int
+        self, sink: PartitionSink, message: Record, row: dict[str, Any], hour: int
     ) -> HourBuffer | None:
         sink.newest_ms = max(sink.newest_ms, row["ingested_time"])
-        return await self._buffer(sink, hour, message, row, len(message.value))
+        return await self._buffer(sink, hour, message, row, _weight(message))
 
     async def _buffer(
         self,
         sink: PartitionSink,
         hour: int,
-        message: Any,
+        message: Record,
         row: dict[str, Any],
         size: int,
         null: bool = False,
@@ -398,7 +399,7 @@ class SinkAgent:
         return ids
 
     async def _tombstone(
-        self, sink: PartitionSink, message: Any, tombstone: TombstoneOf
+        self, sink: PartitionSink, message: Record, tombstone: TombstoneOf
     ) -> HourBuffer | None:
         event_id = tombstone.event_id
         hour = tombstone.hour
@@ -430,7 +431,7 @@ class SinkAgent:
         return None
 
     async def _null_row(
-        self, sink: PartitionSink, message: Any, tombstone: TombstoneOf
+        self, sink: PartitionSink, message: Record, tombstone: TombstoneOf
     ) -> HourBuffer | None:
         now_ms = int(self.clock() * 1000)
         ingested = tombstone.superseded_at_ms
@@ -519,7 +520,7 @@ class SinkAgent:
         if self.partitions.get(sink.number) is sink:  # a revoke has counted it out already
             self._size -= buffer.size
 
-    def _done(self, sink: PartitionSink, message: Any) -> None:
+    def _done(self, sink: PartitionSink, message: Record) -> None:
         """Mark a message durable; acknowledge every message up to the first one not yet."""
         if self.partitions.get(message.partition) is not sink:
             return  # revoked meanwhile: its new owner reads it again
@@ -678,7 +679,7 @@ def _seconds(event_time: str) -> float | None:
         return None
 
 
-def _weight(message: Any) -> int:
+def _weight(message: Record) -> int:
     return len(message.value) if message.value is not None else NULL_ROW_BYTES
 
 

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from fsstream import metrics
 from fsstream.contract.dead_letters import dead_letter_of
+from fsstream.contract.wire import Record
 from fsstream.core.enrich import Catalog
 from fsstream.infra import kafka_clients
 from fsstream.infra.definitions_follower import DefinitionsFollower
@@ -68,10 +69,10 @@ class SinkService:
         self.positions: dict[int, int] = {}  # per partition: the offset to commit next
         self.committed: dict[int, int] = {}
 
-    def _acknowledged(self, message: Any) -> None:
+    def _acknowledged(self, message: Record) -> None:
         self.positions[message.partition] = message.offset + 1
 
-    async def _dead_letter(self, message: Any, error: Exception) -> None:
+    async def _dead_letter(self, message: Record, error: Exception) -> None:
         """Send a record the warehouse cannot hold to the DLQ, before it is acknowledged."""
         assert self.dlq is not None
         key, value, headers = dead_letter_of(message, error)
@@ -161,7 +162,7 @@ class SinkService:
             self.settings, client_id=f"{self.settings.app_id}-sink-dlq"
         )
         await self.dlq.start()
-        options: dict[str, Any] = {
+        options: dict[str, str | int] = {
             "group_id": f"{self.settings.app_id}-sink",
             "client_id": f"{self.settings.app_id}-sink",
             "max_poll_records": 5_000,

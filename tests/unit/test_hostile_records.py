@@ -323,7 +323,9 @@ def test_hostile_records_never_escape_the_reorder_record_path(
         record.offset = offset
 
     settings_ = Settings(reorder_grace_s=0, max_view_events=50)
-    content = RecordingContent({r.offset: (r.timestamp, r.value or b"", r.key) for r in records})
+    content = RecordingContent(
+        {r.offset: LoggedRecord(r.timestamp, r.value or b"", r.key) for r in records}
+    )
     agent = ReorderAgent(settings_, content, _no_enrichment, clock=lambda: NOW_MS / 1000)
     state = PartitionState(tmp_path_factory.mktemp("state"), 1_000, settings_.dedup_horizon_ms)
     try:
@@ -356,7 +358,7 @@ def test_a_row_too_large_for_the_events_topic_is_dead_lettered(tmp_path: Path) -
     value = codec.encode(codec.RAW_EVENT_BATCH, _batch([big]))
     settings_ = Settings(reorder_grace_s=0, max_record_bytes=2_000_000)
     record = ConsumedRecord(0, b"1:2:3", value, NOW_MS, [])
-    content = RecordingContent({0: (NOW_MS, value, b"1:2:3")})
+    content = RecordingContent({0: LoggedRecord(NOW_MS, value, b"1:2:3")})
     agent = ReorderAgent(settings_, content, _no_enrichment, clock=lambda: NOW_MS / 1000)
     state = PartitionState(tmp_path / "state", 100, settings_.dedup_horizon_ms)
     try:

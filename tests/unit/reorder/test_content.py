@@ -33,7 +33,7 @@ class ListLog:
 def logged(events: int, per_record: int) -> list[LoggedRecord]:
     start_ms = hour_floor_ms(time.time_ns() // 1_000_000) - 3 * MS_PER_HOUR
     batches, _ = bench_batches(events, per_record, start_ms)
-    return [(b.ingested_time, b.encode(), b.key.encode()) for b in batches]
+    return [LoggedRecord(b.ingested_time, b.encode(), b.key.encode()) for b in batches]
 
 
 def checked(entry: LoggedRecord) -> RawRecord:

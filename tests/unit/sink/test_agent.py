@@ -47,6 +47,7 @@ class LogMessage:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    timestamp: int = 0
 
 
 def event_time(event_id: str) -> str:
