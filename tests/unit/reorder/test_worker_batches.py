@@ -36,7 +36,8 @@ def events_in() -> float:
 async def test_records_are_queued_per_partition_in_order_in_full_batches() -> None:
     producer = Producer(batch_capacity=2)
     records: list[OutputRecord] = [
-        (p, f"k{n}".encode(), f"v{n}".encode(), []) for n, p in enumerate([1, 0, 1, 1, 0])
+        OutputRecord(p, f"k{n}".encode(), f"v{n}".encode(), [])
+        for n, p in enumerate([1, 0, 1, 1, 0])
     ]
     await producer.begin_transaction()
     counted = await send_batches(producer, "out", records, counted=True)
