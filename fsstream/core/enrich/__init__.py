@@ -14,7 +14,6 @@ from fsstream.core.enrich.definitions import (
     Definition,
     parse_definition,
     parse_definition_key,
-    validate,
 )
 from fsstream.core.enrich.errors import DefinitionError
 from fsstream.core.enrich.matcher import (
@@ -44,5 +43,4 @@ __all__ = [
     "enrich",
     "parse_definition",
     "parse_definition_key",
-    "validate",
 ]

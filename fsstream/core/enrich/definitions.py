@@ -83,12 +83,6 @@ def parse_definition(data: Mapping[str, Any]) -> Definition:
         raise DefinitionError(f"{kind} definition {definition_id!r}: {error}") from None
 
 
-def validate(data: Mapping[str, Any]) -> None:
-    """Raise DefinitionError if ``data`` is not a definition the catalog would accept on
-    its own (the one-active-page-per-pattern rule needs a catalog to check)."""
-    parse_definition(data)
-
-
 def parse_definition_key(key: str) -> tuple[str, str]:
     """``(kind, id)`` of a definitions-topic key ``"<kind>:<id>"``."""
     kind, colon, definition_id = key.partition(":")
