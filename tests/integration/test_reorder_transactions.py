@@ -94,7 +94,8 @@ async def test_a_backfill_of_two_day_old_views_is_reordered_and_redeliveries_are
     rng = random.Random(17)
     t0 = int(time.time() * 1000) - 300_000
     views = make_views(rng, count=30, per_view=12, start_ms=t0 - 2 * DAY_MS)
-    backfill, late_and_redelivered = plan_records(rng, views, t0)
+    plan = plan_records(rng, views, t0)
+    backfill, late_and_redelivered = plan.phase_a, plan.phase_b
     # Late events come 30 s of stream time later, within the TTL; four minutes later every
     # view has expired, and some of its events come again.
     after_expiry = [
