@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ from fsstream.core.ids import event_id, fingerprint, identify_event_id
 from fsstream.core.models import view_key
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
 from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess
+from fsstream.devtools.processes import WorkerProcess, settings_env
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
 
@@ -132,6 +134,21 @@ async def wait_for(settings: Settings, topic: str, done: Any, timeout: float = 1
         if done(records) or time.monotonic() > deadline:
             return records
         await asyncio.sleep(1.0)
+
+
+def run_cli(
+    settings: Settings, *args: str, stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """``fsstream ARGS`` as an operator runs it, the settings in its environment; a hang
+    fails the test instead of blocking it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fsstream", *args],
+        input=stdin,
+        capture_output=True,
+        env=settings_env(settings),
+        timeout=timeout,
+        check=False,
+    )
 
 
 @asynccontextmanager

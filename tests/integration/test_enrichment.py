@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +16,11 @@ from aiokafka import TopicPartition
 from fsstream.contract import codec
 from fsstream.contract.topics import create_topics
 from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess, settings_env
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.infra import kafka_clients
 from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
-from tests.scenario import RawRecord, live, produce, read_all, wait_for
+from tests.scenario import RawRecord, live, produce, read_all, run_cli, wait_for
 from tests.warehouse import DEFINITION_COLUMNS, PAGE_COLUMNS
 
 SELECTOR = "body > div#app > main > div.card > button.add-to-cart"
@@ -66,17 +64,6 @@ DEFINITIONS_V2 = [
         "modified_by": "bo",
     },
 ]
-
-
-def run_cli(settings: Settings, *args: str, stdin: bytes | None = None) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "fsstream", *args],
-        input=stdin,
-        capture_output=True,
-        env=settings_env(settings),
-        timeout=120,
-        check=False,
-    )
 
 
 def load(settings: Settings, definitions: list[dict[str, Any]]) -> None:

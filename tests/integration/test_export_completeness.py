@@ -21,8 +21,6 @@ import orjson
 
 from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
-from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess
 from fsstream.export.api import make_app, start_api
 from fsstream.export.bundles import build_due, bundle_period, cutoff_ms
 from fsstream.export.config import HOUR_MS, ExportConfig, Period, period_containing
@@ -30,7 +28,7 @@ from fsstream.export.mapping import EVENT_TYPES, event_start
 from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
 from tests.integration.test_sink_worker import complete
-from tests.scenario import RawRecord, View, expected_rows, produce, traffic_day
+from tests.scenario import RawRecord, View, expected_rows, produce, running_pipeline, traffic_day
 from tests.warehouse import Warehouse, read_warehouse, wait_for_warehouse, warehouse_settings
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
@@ -147,14 +145,7 @@ async def test_an_append_only_client_gets_every_live_event_exactly_once(
     late_keys: dict[Key, Period] = {}
     http = aiohttp.ClientSession()
     try:
-        with (
-            WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
-            WorkerProcess(
-                settings.model_copy(update={"web_port": free_port()}), "sink", tmp_path / "sink.log"
-            ) as sink,
-        ):
-            reorder.wait_assigned()
-            sink.wait_assigned()
+        async with running_pipeline(settings, tmp_path):
 
             async def deliver(batch: list[RawRecord]) -> Warehouse:
                 await produce(settings, batch)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,22 +10,9 @@ from aiokafka import TopicPartition
 
 from fsstream.contract import codec
 from fsstream.contract.topics import create_topics, describe_topic_configs
-from fsstream.devtools.processes import settings_env
 from fsstream.infra import kafka_clients
 from fsstream.settings import Settings
-
-
-def run_cli(
-    settings: Settings, *args: str, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsstream", *args],
-        input=stdin,
-        capture_output=True,
-        env=settings_env(settings),
-        timeout=120,
-        check=False,
-    )
+from tests.scenario import run_cli
 
 
 async def test_topics_create_sets_cleanup_policies_and_is_idempotent(

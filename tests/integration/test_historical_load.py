@@ -5,7 +5,6 @@ README documents, and with the defaults ``produce`` refuses them and says why.""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,8 @@ import orjson
 
 from fsstream.contract.topics import create_topics
 from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
-from fsstream.devtools.localkafka import free_port
-from fsstream.devtools.processes import WorkerProcess, settings_env
 from fsstream.settings import Settings
-from tests.scenario import View, expected_rows, read_all
+from tests.scenario import View, expected_rows, read_all, run_cli, running_pipeline
 from tests.warehouse import holds_live, wait_for_warehouse
 
 START_US = parse_rfc3339_us("2023-03-15T10:40:00Z")
@@ -74,14 +71,10 @@ def run_produce(
     settings: Settings, lines: list[dict[str, Any]], *args: str
 ) -> subprocess.CompletedProcess[str]:
     """``fsstream produce`` as an operator runs it, the settings in its environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "fsstream", "produce", *args, "-"],
-        input="\n".join(orjson.dumps(line).decode() for line in lines),
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    ndjson = b"\n".join(orjson.dumps(line) for line in lines)
+    result = run_cli(settings, "produce", *args, "-", stdin=ndjson)
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
 
 
@@ -94,14 +87,7 @@ async def test_a_2023_load_lands_in_the_hours_of_its_ingested_times(
     await create_topics(settings)
     views, lines = sessions_2023()
     assert len({hour_of(line["ingested_time"]) for line in lines}) >= 3
-    with (
-        WorkerProcess(settings, "reorder", tmp_path / "reorder.log") as reorder,
-        WorkerProcess(
-            settings.model_copy(update={"web_port": free_port()}), "sink", tmp_path / "sink.log"
-        ) as sink,
-    ):
-        reorder.wait_assigned()
-        sink.wait_assigned()
+    async with running_pipeline(settings, tmp_path):
         result = run_produce(settings, lines)
         assert result.returncode == 0, result.stderr
         assert f"produced {len(lines)} events" in result.stderr

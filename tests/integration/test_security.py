@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ import orjson
 import pytest
 
 from fsstream.devtools.localkafka import LocalKafka, free_port, scram_credential
-from fsstream.devtools.processes import WorkerProcess, settings_env
+from fsstream.devtools.processes import WorkerProcess
 from fsstream.settings import Settings
+from tests import scenario
 from tests.conftest import SecureKafka, make_test_pki
 from tests.warehouse import create_bucket, read_warehouse, wait_for_warehouse
 
@@ -56,15 +56,8 @@ class Outputs:
 def run_cli(
     settings: Settings, outputs: Outputs, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """``fsstream ARGS`` as a process; a hang fails the test instead of blocking it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "fsstream", *args],
-        input=stdin,
-        capture_output=True,
-        env=settings_env(settings),
-        timeout=90,
-        check=False,
-    )
+    """``fsstream ARGS`` as a process, its output kept for the secrets check."""
+    result = scenario.run_cli(settings, *args, stdin=stdin, timeout=90)
     outputs.add(f"{args[0]} stdout", result.stdout)
     outputs.add(f"{args[0]} stderr", result.stderr)
     return result
