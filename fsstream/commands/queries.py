@@ -20,9 +20,8 @@ GROUP BY
 1,
 2
 ORDER BY
-rage_clicks DESC, browser, path;"""
-"""The Data Direct documentation's rage-click query, for one day (ties ordered by browser
-and path, so the result is the same on every run)."""
+rage_clicks DESC;"""
+"""The Data Direct documentation's rage-click query, for one day."""
 
 
 def rage_clicks_query(table: str, day: str) -> str:

@@ -239,7 +239,8 @@ def _rage_clicks(settings: Settings, workdir: Path, day: str) -> list[tuple[Any,
         .execute(queries.rage_clicks_query(queries.events_table(root, settings.org_id), day))
         .fetchall()
     )
-    return rows
+    # The documented query orders by count alone; ties are shown by browser and path.
+    return sorted(rows, key=lambda row: (-row[2], str(row[0]), str(row[1])))
 
 
 async def _copy_events(settings: Settings, root: Path) -> None:
