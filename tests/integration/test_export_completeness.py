@@ -24,42 +24,15 @@ from fsstream.core.timefmt import format_event_time, parse_rfc3339_us
 from fsstream.export.api import make_app, start_api
 from fsstream.export.bundles import build_due, bundle_period, cutoff_ms
 from fsstream.export.config import HOUR_MS, ExportConfig, Period, period_containing
-from fsstream.export.mapping import EVENT_TYPES, event_start
 from fsstream.infra.object_store import open_store
 from fsstream.settings import Settings
+from tests.integration.test_export_pipeline import Key, export_key, row_key
 from tests.integration.test_sink_worker import complete
 from tests.scenario import RawRecord, View, expected_rows, produce, running_pipeline, traffic_day
 from tests.warehouse import Warehouse, read_warehouse, wait_for_warehouse, warehouse_settings
 
 DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
 API_KEY = "test-export-key"
-
-Key = tuple[int, int | None, int | None, str, str, str | None]
-
-
-def export_key(event: dict[str, Any]) -> Key:
-    return (
-        event["UserId"],
-        event.get("SessionId"),
-        event.get("PageId"),
-        event["EventStart"],
-        event["EventType"],
-        event.get("EventCustomName"),
-    )
-
-
-def row_key(row: dict[str, Any]) -> Key:
-    """The Data Export fields a warehouse row maps to, as ``export_key`` reads them."""
-    event_type = row["event_type"]
-    name = orjson.loads(row["event_properties"]).get("event_name")
-    return (
-        row["device_id"],
-        row["session_id"],
-        row["view_id"],
-        event_start(row["event_time"]),
-        EVENT_TYPES.get(event_type, event_type),
-        name if event_type == "custom" and isinstance(name, str) else None,
-    )
 
 
 class SingerClient:

@@ -32,27 +32,33 @@ DAY_START_MS = parse_rfc3339_us("2024-01-01T00:00:00Z") // 1000
 PERIOD_MS = 6 * HOUR_MS
 API_KEY = "test-export-key"
 
-Key = tuple[int, int | None, int | None, str, str]
+Key = tuple[int, int | None, int | None, str, str, str | None]
 
 
 def export_key(event: dict[str, Any]) -> Key:
+    """What identifies a Data Export event: device, session, page, start, type and name."""
     return (
         event["UserId"],
         event.get("SessionId"),
         event.get("PageId"),
         event["EventStart"],
         event["EventType"],
+        event.get("EventCustomName"),
     )
 
 
-def raw_key(raw: dict[str, Any]) -> Key:
-    event_type = raw["event_type"]
+def row_key(row: dict[str, Any]) -> Key:
+    """The Data Export fields a raw event or warehouse row maps to, as ``export_key`` reads
+    them."""
+    event_type = row["event_type"]
+    name = orjson.loads(row["event_properties"]).get("event_name")
     return (
-        raw["device_id"],
-        raw["session_id"],
-        raw["view_id"],
-        event_start(raw["event_time"]),
+        row["device_id"],
+        row["session_id"],
+        row["view_id"],
+        event_start(row["event_time"]),
         EVENT_TYPES.get(event_type, event_type),
+        name if event_type == "custom" and isinstance(name, str) else None,
     )
 
 
@@ -129,7 +135,7 @@ async def test_a_day_of_traffic_becomes_bundles_of_its_live_events(
     # no superseded row.
     for period, events in bundles.items():
         want = Counter(
-            raw_key(raw)
+            row_key(raw)
             for raw in expected.values()
             if period.start_ms * 1000 <= parse_rfc3339_us(raw["event_time"]) < period.stop_ms * 1000
         )
