@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -49,6 +49,21 @@ class ViewBatch:
         return codec.encode(
             codec.RAW_EVENT_BATCH, {"ingested_time": self.ingested_time, "events": self.events}
         )
+
+
+class EncodedBatch(NamedTuple):
+    """A batch with its record value, encoded once."""
+
+    batch: ViewBatch
+    """The view's events that go into the record."""
+    value: bytes
+    """The record value: the batch in Avro single-object encoding."""
+
+
+def encoded(batches: Iterable[ViewBatch]) -> Iterator[EncodedBatch]:
+    """Each batch with its record value."""
+    for batch in batches:
+        yield EncodedBatch(batch, batch.encode())
 
 
 def _optional_int(obj: dict[str, Any], name: str) -> int | None:
@@ -248,12 +263,13 @@ def refusal_report(screened: Screened, settings: Settings, sent_anyway: bool) ->
     return "\n".join(lines)
 
 
-def within(batches: Iterable[ViewBatch], max_record_bytes: int) -> Iterator[ViewBatch]:
-    """The batches, each one larger than ``max_record_bytes`` split in halves until it fits
-    (a single event too large is left as it is: the worker refuses it)."""
+def within(batches: Iterable[ViewBatch], max_record_bytes: int) -> Iterator[EncodedBatch]:
+    """The batches encoded, each one larger than ``max_record_bytes`` split in halves until
+    it fits (a single event too large is left as it is: the worker refuses it)."""
     for batch in batches:
-        if len(batch.events) == 1 or len(batch.encode()) <= max_record_bytes:
-            yield batch
+        value = batch.encode()
+        if len(batch.events) == 1 or len(value) <= max_record_bytes:
+            yield EncodedBatch(batch, value)
             continue
         half = len(batch.events) // 2
         yield from within(
@@ -285,9 +301,9 @@ def group_batches(events: Iterable[ParsedEvent], batch_size: int) -> Iterator[Vi
 
 
 async def produce_batches(
-    settings: Settings, batches: Iterable[ViewBatch], **producer_options: Any
+    settings: Settings, batches: Iterable[EncodedBatch], **producer_options: Any
 ) -> tuple[int, int]:
-    """Send the batches keyed by view, timestamped with their ingested time.
+    """Send the encoded batches keyed by view, timestamped with their ingested time.
 
     Returns (records, events) once every record is acknowledged.
     """
@@ -296,11 +312,11 @@ async def produce_batches(
     records = events = 0
     pending: list[asyncio.Future[Any]] = []
     try:
-        for batch in batches:
+        for batch, value in batches:
             pending.append(
                 await producer.send(
                     settings.topic_raw,
-                    batch.encode(),
+                    value,
                     key=batch.key.encode(),
                     timestamp_ms=batch.ingested_time,
                     headers=[(VIEW_HEADER, batch.key.encode())],

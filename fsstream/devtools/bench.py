@@ -32,7 +32,13 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from fsstream.commands.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.commands.produce import (
+    ViewBatch,
+    encoded,
+    group_batches,
+    produce_batches,
+    raw_event,
+)
 from fsstream.contract import codec
 from fsstream.contract.topics import create_topics
 from fsstream.core.layout import events_prefix
@@ -376,7 +382,7 @@ def run_mode(
     batches, produced = bench_batches(events, per_record, start_ms)
     result = ModeResult(mode, produced, len(batches))
     say(f"{mode}: producing {produced} events in {len(batches)} records")
-    asyncio.run(produce_batches(settings, batches, linger_ms=20, max_batch_size=1_048_576))
+    asyncio.run(produce_batches(settings, encoded(batches), linger_ms=20, max_batch_size=1_048_576))
     say(f"{mode}: the pure core in this process, collected as in a worker")
     tune_collector()
     core = time_core(settings, batches, per_record)

@@ -16,7 +16,13 @@ from typing import Any
 import click
 
 from fsstream.commands.load_definitions import load as load_definitions
-from fsstream.commands.produce import ViewBatch, group_batches, produce_batches, raw_event
+from fsstream.commands.produce import (
+    ViewBatch,
+    encoded,
+    group_batches,
+    produce_batches,
+    raw_event,
+)
 from fsstream.contract.topics import create_topics
 from fsstream.core.layout import events_prefix, manifest_key
 from fsstream.core.timefmt import MS_PER_HOUR, format_event_time, hour_floor_ms
@@ -297,7 +303,7 @@ def run_demo(overrides: dict[str, Any], *, sessions: int, seed: int, workdir: Pa
             f"workers up: reorder (web {reorder.settings.web_port}), "
             f"sink (web {sink.settings.web_port}); logs in {workdir / 'logs'}"
         )
-        asyncio.run(produce_batches(settings, batches))
+        asyncio.run(produce_batches(settings, encoded(batches)))
         bad = asyncio.run(_bad_records(settings, batches[-1].ingested_time))
         _say(f"produced {len(batches)} raw records and {bad} bad ones")
         deadline = time.monotonic() + 600

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from fsstream.cli import main
 from fsstream.commands import produce as produce_command
 from fsstream.commands.produce import (
+    EncodedBatch,
     NdjsonError,
-    ViewBatch,
     group_batches,
     parse_ndjson,
     refusal_report,
@@ -177,9 +177,9 @@ def test_an_event_too_large_alone_is_refused_and_large_batches_are_split() -> No
     assert screened.refused == events[5:]
     assert screened.reasons == {"OversizedRecord": 1}
     batches = list(within(group_batches(screened.accepted, batch_size=20), 1000))
-    assert [len(b.events) for b in batches] == [2, 1, 2]  # two fit, three do not
-    assert all(len(b.encode()) <= 1000 for b in batches)
-    assert [e for b in batches for e in b.events] == [r for _, _, r in screened.accepted]
+    assert [len(b.batch.events) for b in batches] == [2, 1, 2]  # two fit, three do not
+    assert all(b.value == b.batch.encode() and len(b.value) <= 1000 for b in batches)
+    assert [e for b in batches for e in b.batch.events] == [r for _, _, r in screened.accepted]
 
 
 @pytest.mark.parametrize("send_refused", [False, True])
@@ -188,8 +188,8 @@ def test_the_command_sends_only_accepted_events_and_fails_on_refusals(
 ) -> None:
     sent: list[dict[str, object]] = []
 
-    async def fake_produce(settings: Settings, batches: Iterable[ViewBatch]) -> tuple[int, int]:
-        records = list(batches)
+    async def fake_produce(settings: Settings, batches: Iterable[EncodedBatch]) -> tuple[int, int]:
+        records = [batch for batch, _ in batches]
         sent.extend(e for b in records for e in b.events)
         return len(records), sum(len(b.events) for b in records)
 
@@ -214,8 +214,8 @@ def test_the_command_sends_only_accepted_events_and_fails_on_refusals(
 
 
 def test_the_command_succeeds_when_nothing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def fake_produce(settings: Settings, batches: Iterable[ViewBatch]) -> tuple[int, int]:
-        records = list(batches)
+    async def fake_produce(settings: Settings, batches: Iterable[EncodedBatch]) -> tuple[int, int]:
+        records = [batch for batch, _ in batches]
         return len(records), sum(len(b.events) for b in records)
 
     monkeypatch.setattr(produce_command, "produce_batches", fake_produce)
